@@ -1,0 +1,111 @@
+"""The `kvlab` command: the course's numbers from a terminal.
+
+    kvlab memory --preset gpt3-175b --batch 16 --seq-len 1024 --dtype fp16
+    kvlab generate --prompt h [--no-cache]
+    kvlab info
+
+A mistake in the arguments prints one line and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+from . import memory
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; one line is kinder
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kvlab", description="The KV-cache course's numbers from a terminal.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    mem = commands.add_parser("memory", help="KV-cache bytes of a model (a preset or your own sizes)")
+    mem.add_argument("--preset", help=f"one of: {', '.join(memory.MODEL_PRESETS)}")
+    mem.add_argument("--n-layer", type=int, help="layers (overrides the preset)")
+    mem.add_argument("--hidden", type=int, help="hidden size d_model (overrides the preset)")
+    mem.add_argument("--n-head", type=int, help="attention heads (overrides the preset)")
+    mem.add_argument("--n-kv-head", type=int, help="key/value heads, < n_head for GQA/MQA (overrides the preset)")
+    mem.add_argument("--batch", type=int, default=1)
+    mem.add_argument("--seq-len", type=int, required=True)
+    mem.add_argument("--dtype", default="fp16", choices=list(memory.DTYPE_BYTES))
+
+    gen = commands.add_parser("generate", help="continue a prompt with the hello model")
+    gen.add_argument("--prompt", default="h")
+    gen.add_argument("--max-new-tokens", type=int, default=4)
+    gen.add_argument("--no-cache", action="store_true", help="recompute every position at every step")
+
+    commands.add_parser("info", help="versions, device and threads")
+    return parser
+
+
+def _memory(args: argparse.Namespace) -> str:
+    preset = memory.get_preset(args.preset) if args.preset else None
+    sizes = {}
+    for field, flag in (("n_layer", "n_layer"), ("d_model", "hidden"), ("n_head", "n_head"), ("n_kv_head", "n_kv_head")):
+        value = getattr(args, flag)
+        sizes[field] = value if value is not None else getattr(preset, field, None)
+    if sizes["n_layer"] is None or sizes["d_model"] is None:
+        raise ValueError("give --preset, or both --n-layer and --hidden")
+    if sizes["n_kv_head"] is not None and sizes["n_head"] is None:
+        raise ValueError("--n-kv-head needs --n-head")
+    def cache_bytes(batch: int, seq_len: int) -> int:
+        return memory.kv_cache_bytes(sizes["n_layer"], batch, seq_len, sizes["d_model"],
+                                     memory.bytes_per_element(args.dtype), n_head=sizes["n_head"],
+                                     n_kv_head=sizes["n_kv_head"])
+
+    n_bytes, per_token = cache_bytes(args.batch, args.seq_len), cache_bytes(1, 1)
+    name = preset.name if preset else "custom model"
+    shape = ", ".join(f"{k}={v}" for k, v in sizes.items() if v is not None)
+    return (f"{name} ({shape}), batch {args.batch}, seq_len {args.seq_len}, {args.dtype}\n"
+            f"KV cache: {n_bytes:,} bytes = {memory.format_bytes(n_bytes)}\n"
+            f"per token: {per_token:,} bytes = {memory.format_bytes(per_token)}")
+
+
+def _generate(args: argparse.Namespace) -> str:
+    from .generate import generate
+    from .hello import load_hello_model
+
+    model, tokenizer = load_hello_model()
+    tokens, stats = generate(model, tokenizer.encode_batch(args.prompt), args.max_new_tokens,
+                             use_cache=not args.no_cache, return_stats=True)
+    mode = "without cache" if args.no_cache else "with cache"
+    return (f"{tokenizer.decode(tokens[0])}\n"
+            f"[{mode}: {stats.new_tokens} tokens, time to first token {stats.prefill_s * 1e3:.2f} ms, "
+            f"{stats.tokens_per_s:.0f} tokens/s]")
+
+
+def _info(args: argparse.Namespace) -> str:
+    import torch
+
+    from . import __version__
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return (f"kvlab {__version__}, torch {torch.__version__}, python {platform.python_version()}\n"
+            f"device: {device}; CPU threads: {torch.get_num_threads()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `kvlab` console script; returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        print({"memory": _memory, "generate": _generate, "info": _info}[args.command](args))
+    except (_UsageError, ValueError, TypeError) as error:
+        print(f"kvlab: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""TinyGPT: GPT-2's architecture, small enough to read in one sitting, with an optional KV cache.
+
+Read top to bottom: `GPTConfig`, `CausalSelfAttention` (where the cache lives), `MLP`, `Block`, `TinyGPT`.
+The architecture is exactly GPT-2's (learned positions, pre-LayerNorm with eps 1e-5, biases in every linear layer,
+GELU with the tanh approximation, LM head tied to the token embedding), so its weights map one-to-one onto
+Hugging Face's ``GPT2LMHeadModel``. One addition: ``n_kv_head < n_head`` gives grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import Cache
+
+__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "attention", "causal_mask"]
+
+
+@dataclass
+class GPTConfig:
+    """The sizes that define a model. Names are used the same way everywhere in kvlab (also in `kvlab.memory`)."""
+
+    vocab_size: int = 64
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    max_seq_len: int = 256
+    n_kv_head: int | None = None  # None: one K/V head per query head (multi-head); 1: multi-query
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "n_kv_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
+    """(n_queries, n_keys) bool mask, True where a query may look: the queries are the *last* n_queries positions.
+
+    Without a cache n_queries == n_keys and this is the usual lower triangle. With a cache the new tokens sit after
+    n_keys - n_queries cached ones, so every query sees the whole past plus the new tokens up to itself.
+    """
+    past = n_keys - n_queries
+    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v with a causal mask, written out; the model uses PyTorch's fused version of the same."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T_new, T_all)
+    scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, H, T_new, D)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention. The one line that makes generation fast is ``cache.update``."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        kv_dim = config.n_kv_head * config.head_dim
+        self.qkv = nn.Linear(config.d_model, config.d_model + 2 * kv_dim)  # q, k and v in one matmul
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.split_sizes = (config.d_model, kv_dim, kv_dim)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # the KV cache: (B, H_kv, T_past + T, D)
+        if self.n_kv_head != self.n_head:  # grouped-query: each K/V head serves n_head // n_kv_head query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        y = self._attend(q, k, v)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    @staticmethod
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Fused attention; the mask is only needed when several new queries meet cached keys."""
+        T, S = q.shape[-2], k.shape[-2]
+        if T == 1:  # decode: the one new token may look at everything
+            return F.scaled_dot_product_attention(q, k, v)
+        if T == S:  # no past: the ordinary lower-triangular mask
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: d_model -> 4·d_model -> d_model with GPT-2's tanh GELU."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.d_model, 4 * config.d_model)
+        self.proj = nn.Linear(4 * config.d_model, config.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=1e-5)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TinyGPT(nn.Module):
+    """A GPT-2 language model. ``model(idx)`` recomputes every position; ``model(idx, cache)`` only the new ones."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding (also the LM head)
+        self.wpe = nn.Embedding(config.max_seq_len, config.d_model)  # learned position embedding
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=1e-5)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> next-token logits (B, T, vocab_size).
+
+        With a cache, `idx` holds only the tokens the cache has not seen; they are placed after the cached ones.
+        The same call does prefill (T > 1) and decode (T = 1).
+        """
+        past = cache.get_seq_length() if cache is not None else 0
+        self._check_input(idx, past)
+        positions = torch.arange(past, past + idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cache)
+        return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
+
+    def _check_input(self, idx: torch.Tensor, past: int) -> None:
+        """Clear errors for the mistakes an embedding lookup would report cryptically (or not at all)."""
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx must have shape (batch, seq_len) with seq_len >= 1, got {tuple(idx.shape)}")
+        if past + idx.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + idx.shape[1]} tokens ({past} cached + {idx.shape[1]} new) "
+                             f"exceeds max_seq_len={self.config.max_seq_len}")
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"token id {bad} is out of range: ids must be in 0..{self.config.vocab_size - 1}")
+
+    @property
+    def n_params(self) -> int:
+        """Parameters, counting the tied embedding once."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,102 @@
+"""generate: the cache changes the speed, never the tokens."""
+
+import pytest
+import torch
+
+import kvlab
+from conftest import random_model
+
+
+def _all_ways(model, prompt, n):
+    """Greedy tokens without a cache, with a DynamicCache and with a StaticCache."""
+    static = kvlab.StaticCache(model.config, batch_size=prompt.shape[0], max_cache_len=prompt.shape[1] + n)
+    return [kvlab.generate(model, prompt, n, use_cache=False),
+            kvlab.generate(model, prompt, n),
+            kvlab.generate(model, prompt, n, cache=static)]
+
+
+@pytest.mark.parametrize("seed, sizes", [(0, {}), (1, dict(n_kv_head=2)), (2, dict(n_kv_head=1, n_layer=3))])
+def test_greedy_tokens_identical_with_and_without_cache(seed, sizes):
+    model = random_model(seed, **sizes)
+    prompt = torch.randint(37, (3, 4), generator=torch.Generator().manual_seed(seed))
+    no_cache, dynamic, static = _all_ways(model, prompt, 30)
+    assert no_cache.shape == (3, 34)
+    assert torch.equal(no_cache, dynamic) and torch.equal(no_cache, static)
+
+
+def test_hello_model_greedy_identical_all_ways(hello):
+    model, tok = hello
+    outs = _all_ways(model, tok.encode_batch("h"), 40)
+    assert all(torch.equal(outs[0], out) for out in outs[1:])
+
+
+def test_sampling_is_reproducible_and_cache_independent():
+    model = random_model(3)
+    prompt = torch.tensor([[1, 2, 3]])
+    runs = [kvlab.generate(model, prompt, 20, use_cache=use_cache, temperature=0.8, top_k=5,
+                           generator=torch.Generator().manual_seed(7)) for use_cache in (False, True)]
+    assert torch.equal(runs[0], runs[1])
+    greedy = kvlab.generate(model, prompt, 20)
+    assert not torch.equal(runs[0], greedy)  # temperature really samples
+
+
+def test_top_k_one_is_greedy():
+    model = random_model(4)
+    prompt = torch.tensor([[5, 6]])
+    sampled = kvlab.generate(model, prompt, 15, temperature=1.5, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, kvlab.generate(model, prompt, 15))
+
+
+def test_eos_stops_generation_and_pads_finished_rows(hello):
+    model, tok = hello
+    newline = tok.stoi["\n"]
+    out = kvlab.generate(model, tok.encode_batch("h"), 50, eos_id=newline)
+    text = tok.decode(out[0])
+    assert text.endswith("\n") and text.count("\n") == 1
+    both = kvlab.generate(model, torch.cat([tok.encode_batch("hello w"), tok.encode_batch("the que")]), 50,
+                          eos_id=newline)
+    first = tok.decode(both[0])
+    assert first.startswith("hello world\n") and set(first[len("hello world\n"):]) <= {"\n"}
+
+
+def test_a_cache_holding_a_prefix_is_reused(hello):
+    model, tok = hello
+    prompt = tok.encode_batch("the cache ")
+    cache = kvlab.DynamicCache()
+    model(prompt[:, :4], cache)  # the cache already holds "the "
+    assert torch.equal(kvlab.generate(model, prompt, 10, cache=cache), kvlab.generate(model, prompt, 10))
+
+
+def test_stats_time_every_token():
+    model = random_model(5)
+    tokens, stats = kvlab.generate(model, torch.tensor([[1, 2, 3, 4]]), 9, return_stats=True)
+    assert tokens.shape == (1, 13)
+    assert (stats.prompt_len, stats.new_tokens, len(stats.decode_s)) == (4, 9, 8)
+    assert stats.prefill_s > 0 and all(t > 0 for t in stats.decode_s)
+    assert stats.total_s == pytest.approx(stats.prefill_s + sum(stats.decode_s))
+    assert stats.tokens_per_s == pytest.approx(9 / stats.total_s)
+    assert stats.time_per_output_token_s == pytest.approx(sum(stats.decode_s) / 8)
+    same_tokens, _ = kvlab.generate_with_stats(model, torch.tensor([[1, 2, 3, 4]]), 9)
+    assert torch.equal(tokens, same_tokens)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens must be an int >= 1, got 0"),
+    (dict(max_new_tokens=61), ValueError, "prompt \\(4\\) \\+ max_new_tokens \\(61\\) = 65 exceeds max_seq_len=64"),
+    (dict(temperature=-1.0), ValueError, "temperature must be a number >= 0 .* got -1.0"),
+    (dict(temperature=1.0, top_k=0), ValueError, "top_k must be None or an int >= 1, got 0"),
+    (dict(use_cache=False, cache=kvlab.DynamicCache()), ValueError, "a cache was passed with use_cache=False"),
+    (dict(idx=torch.tensor([1, 2, 3, 4])), ValueError, "got \\(4,\\); use idx\\[None\\]"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, error, message):
+    model = random_model()
+    arguments = dict(idx=torch.tensor([[1, 2, 3, 4]]), max_new_tokens=5) | kwargs
+    with pytest.raises(error, match=message):
+        kvlab.generate(model, arguments.pop("idx"), arguments.pop("max_new_tokens"), **arguments)
+
+
+def test_static_cache_too_small_for_the_generation_fails_loudly():
+    model = random_model()
+    cache = kvlab.StaticCache(model.config, batch_size=1, max_cache_len=6)
+    with pytest.raises(ValueError, match="StaticCache overflow: 7 tokens do not fit max_cache_len=6"):
+        kvlab.generate(model, torch.tensor([[1, 2, 3, 4]]), 5, cache=cache)

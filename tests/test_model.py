@@ -1,0 +1,120 @@
+"""TinyGPT: the cache must not change a single logit, and bad input must fail loudly."""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import kvlab
+from kvlab.model import attention, causal_mask
+from conftest import random_model
+
+TOL = dict(rtol=0, atol=1e-5)
+
+
+@st.composite
+def model_and_schedule(draw):
+    """A random config and a random way to feed a sequence: a prefill chunk, then chunks of 1 or more tokens."""
+    n_kv_head = draw(st.sampled_from([1, 2, 4]))
+    n_head = n_kv_head * draw(st.sampled_from([1, 2]))
+    sizes = dict(n_layer=draw(st.integers(1, 3)), n_head=n_head, n_kv_head=n_kv_head,
+                 d_model=n_head * draw(st.sampled_from([4, 8, 16])), vocab_size=draw(st.integers(5, 40)))
+    chunks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=6))  # chunks[0] is the prefill
+    batch = draw(st.integers(1, 3))
+    return sizes, chunks, batch, draw(st.integers(0, 2**16))
+
+
+def _cached_logits(model, idx, chunks, cache):
+    outputs, start = [], 0
+    for size in chunks:
+        outputs.append(model(idx[:, start:start + size], cache))
+        start += size
+    return torch.cat(outputs, dim=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(model_and_schedule(), st.sampled_from(["dynamic", "static"]))
+def test_cached_logits_equal_uncached(case, kind):
+    sizes, chunks, batch, seed = case
+    model = random_model(seed, max_seq_len=64, **sizes)
+    torch.manual_seed(seed)
+    idx = torch.randint(model.config.vocab_size, (batch, sum(chunks)))
+    if kind == "dynamic":
+        cache = kvlab.DynamicCache()
+    else:
+        cache = kvlab.StaticCache(model.config, batch_size=batch, max_cache_len=sum(chunks) + 3)
+    with torch.no_grad():
+        torch.testing.assert_close(_cached_logits(model, idx, chunks, cache), model(idx), **TOL)
+    assert cache.get_seq_length() == sum(chunks)
+
+
+def test_hello_model_prefill_then_decode_matches_full_forward(hello):
+    model, tok = hello
+    idx = tok.encode_batch("hello world\nthe cache")
+    cache = kvlab.DynamicCache()
+    with torch.no_grad():
+        cached = _cached_logits(model, idx, [8] + [1] * (idx.shape[1] - 8), cache)
+        torch.testing.assert_close(cached, model(idx), **TOL)
+
+
+def test_written_out_attention_equals_fused_attention():
+    """`attention` (shown in the chapters) and the model's fused path compute the same numbers, with a past."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    torch.testing.assert_close(attention(q, k, v), kvlab.model.CausalSelfAttention._attend(q, k, v), **TOL)
+    torch.testing.assert_close(attention(q[:, :, -1:], k, v),
+                               kvlab.model.CausalSelfAttention._attend(q[:, :, -1:], k, v), **TOL)
+
+
+def test_causal_mask_with_a_past_sees_all_cached_keys():
+    mask = causal_mask(2, 5)
+    assert mask.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+
+
+def test_tied_lm_head_and_gpt2_shapes():
+    model = random_model(n_layer=1)
+    names = dict(model.named_parameters())
+    assert "lm_head.weight" not in names  # the LM head is the token embedding
+    assert names["blocks.0.attn.qkv.weight"].shape == (3 * 32, 32)
+    assert all(name in names for name in ["blocks.0.attn.qkv.bias", "blocks.0.mlp.fc.bias", "ln_f.bias"])
+    assert model.blocks[0].ln_1.eps == 1e-5
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(d_model=30, n_head=4), "d_model \\(30\\) must be divisible by n_head \\(4\\)"),
+    (dict(n_head=4, n_kv_head=3), "n_head \\(4\\) must be divisible by n_kv_head \\(3\\)"),
+    (dict(n_layer=0), "n_layer must be a positive int, got 0"),
+    (dict(vocab_size=-1), "vocab_size must be a positive int, got -1"),
+    (dict(d_model=32.0), "d_model must be a positive int, got 32.0"),
+])
+def test_config_rejects_bad_sizes(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        kvlab.GPTConfig(**{**dict(vocab_size=10, n_layer=1, n_head=4, d_model=32), **sizes})
+
+
+def test_config_defaults_to_multi_head_and_derives_head_dim():
+    config = kvlab.GPTConfig(vocab_size=10, n_head=4, d_model=32)
+    assert (config.n_kv_head, config.head_dim) == (4, 8)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = random_model(max_seq_len=8)
+    with pytest.raises(ValueError, match="9 tokens .* exceeds max_seq_len=8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="token id 37 is out of range: ids must be in 0..36"):
+        model(torch.tensor([[1, 37]]))
+    with pytest.raises(ValueError, match="token id -1 is out of range"):
+        model(torch.tensor([[-1, 2]]))
+    with pytest.raises(TypeError, match="integer token ids .* got dtype torch.float32"):
+        model(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="shape \\(batch, seq_len\\)"):
+        model(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="got list"):
+        model([[1, 2]])
+
+
+def test_cache_overflowing_max_seq_len_is_an_error():
+    model = random_model(max_seq_len=8)
+    cache = kvlab.DynamicCache()
+    model(torch.zeros(1, 8, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="9 tokens \\(8 cached \\+ 1 new\\) exceeds max_seq_len=8"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache)
