@@ -6,7 +6,7 @@
     'hello'
 """
 
-from . import cache, flops, memory
+from . import cache, flops, memory, notebook
 from .cache import Cache, DynamicCache, StaticCache
 from .generate import GenerationStats, generate, generate_with_stats
 from .hello import load_hello_model
@@ -17,5 +17,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cache", "DynamicCache", "StaticCache", "GPTConfig", "TinyGPT", "CharTokenizer", "GenerationStats",
-    "generate", "generate_with_stats", "load_hello_model", "cache", "flops", "memory", "__version__",
+    "generate", "generate_with_stats", "load_hello_model", "cache", "flops", "memory", "notebook", "__version__",
 ]

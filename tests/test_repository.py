@@ -1,0 +1,89 @@
+"""The set-up promises of the README: pyproject and environment.yml agree, CI runs the README's test command,
+and `import kvlab` stays light."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # conda-forge's name for a package, where it differs from PyPI's
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _environment_dependencies() -> tuple[list[str], list[str]]:
+    """The conda and pip entries of environment.yml (a flat list: no YAML library needed)."""
+    conda, pip, in_pip = [], [], False
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        entry = re.match(r"^(\s*)- (.+?)\s*(#.*)?$", line)
+        if not entry:
+            continue
+        if entry.group(2) == "pip:":
+            in_pip = True
+        elif in_pip and len(entry.group(1)) > 2:
+            pip.append(entry.group(2))
+        else:
+            in_pip = False
+            conda.append(entry.group(2))
+    return conda, pip
+
+
+def test_every_pyproject_dependency_is_in_environment_yml():
+    project = _pyproject()["project"]
+    required = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    conda, _ = _environment_dependencies()
+    conda_names = {_requirement_name(entry) for entry in conda}
+    missing = [r for r in required if CONDA_NAMES.get(_requirement_name(r), _requirement_name(r)) not in conda_names]
+    assert not missing, f"environment.yml lacks {missing}"
+
+
+def test_environment_yml_installs_kvlab_itself_with_pip():
+    _, pip = _environment_dependencies()
+    assert "-e ." in pip
+
+
+def test_pyproject_declares_an_unpinned_torch_and_the_console_script():
+    project = _pyproject()["project"]
+    assert "torch>=2.2" in project["dependencies"]
+    assert project["scripts"]["kvlab"] == "kvlab.cli:main"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_commands = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+    test_command = next(c for c in readme_commands if c.rstrip().endswith("pytest"))
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command.strip() in ci_lines
+    assert "python -m pip install --quiet torch==2.13.0" in ci_lines
+
+
+def test_pytest_runs_the_notebooks_too():
+    options = _pyproject()["tool"]["pytest"]["ini_options"]
+    assert options["testpaths"] == ["tests", "notebooks"]
+    assert "--nbval" in options["addopts"] and "--nbval-current-env" in options["addopts"]
+
+
+def test_import_kvlab_does_not_pull_in_plotting_widgets_or_transformers():
+    code = ("import sys, kvlab; heavy = [m for m in ('matplotlib', 'ipywidgets', 'IPython', 'transformers') "
+            "if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_public_api():
+    import kvlab
+
+    for name in ["GPTConfig", "TinyGPT", "Cache", "DynamicCache", "StaticCache", "generate", "generate_with_stats",
+                 "CharTokenizer", "load_hello_model"]:
+        assert hasattr(kvlab, name), name
+    for method in ["update", "get_seq_length", "get_max_cache_shape", "reorder_cache", "reset", "nbytes"]:
+        assert hasattr(kvlab.Cache, method), method
