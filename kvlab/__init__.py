@@ -12,10 +12,14 @@ from .generate import GenerationStats, generate, generate_with_stats
 from .hello import load_hello_model
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
+from .generate import beam_search  # chapter 03
+from . import attention_trace  # chapter 02
+from . import hardware  # chapter 05
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cache", "DynamicCache", "StaticCache", "GPTConfig", "TinyGPT", "CharTokenizer", "GenerationStats",
     "generate", "generate_with_stats", "load_hello_model", "cache", "flops", "memory", "notebook", "__version__",
+    "beam_search", "attention_trace", "hardware",
 ]

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import statistics  # chapter 05
+from collections.abc import Sequence  # chapter 05
+from collections.abc import Iterator  # chapter 01
+from dataclasses import dataclass  # chapter 05
+from collections import Counter  # chapter 03
+from collections.abc import Callable  # chapter 03
 
+import numpy as np  # chapter 04
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode  # chapter 03
 
 from .cache import Cache
 from .model import TinyGPT
+from .flops import bytes_moved, forward_flops  # chapter 05
+from .generate import _clock, generate_with_stats  # chapter 05
+from .generate import generate  # chapter 03
+from .memory import kv_cache_bytes  # chapter 03
+from .generate import GenerationStats  # chapter 01
 
-__all__ = ["count_flops"]
+__all__ = ["count_flops", "CopyCounter", "count_copied_bytes", "CopyCountingCache", "cache_copied_bytes",
+           "expected_copied_bytes",
+           "median_seconds", "measure_peak_flops", "measure_bandwidth", "PhaseTimes", "time_phases", "sweep_phases",
+           "time_generation", "cumulative_tokens_per_s", "record_positions",
+           "count_generation_flops", "loglog_slope"]
 
 
 def _math_attention():
@@ -28,3 +45,410 @@ def count_flops(model: TinyGPT, idx: torch.Tensor, cache: Cache | None = None) -
     with _math_attention(), FlopCounterMode(display=False) as counter:
         model(idx, cache)
     return counter.get_total_flops()
+
+
+# --- chapter 03: bytes copied by a cache ---
+
+class CopyCounter(TorchDispatchMode):
+    """Adds up the bytes written by PyTorch's copying ops while it is active: ``with CopyCounter() as c: ...``.
+
+    A dispatch mode sees every ATen operation that runs inside it, after Python has been translated into PyTorch's
+    own ops: ``torch.cat`` arrives as ``aten.cat``, ``buffer[:, :, 3:4] = k`` as a slice (a view, no copy) followed by
+    ``aten.copy_`` into it. Each op in `COPY_OPS` writes a fresh copy of data that already existed, so its output's
+    size is the bytes it copied; views (slice, transpose, view) copy nothing and are not counted.
+    """
+
+    COPY_OPS = {torch.ops.aten.cat, torch.ops.aten.stack, torch.ops.aten.copy_, torch.ops.aten.clone,
+                torch.ops.aten.index_select, torch.ops.aten.index, torch.ops.aten._to_copy}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self.ops: Counter[str] = Counter()  # how many times each copying op ran
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in self.COPY_OPS:
+            self.bytes += out.numel() * out.element_size()
+            self.ops[func.overloadpacket.__name__] += 1
+        return out
+
+
+def count_copied_bytes(fn: Callable[[], object]) -> int:
+    """Bytes copied by PyTorch's copying ops (see `CopyCounter`) while ``fn()`` runs."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    with CopyCounter() as counter:
+        fn()
+    return counter.bytes
+
+
+class CopyCountingCache(Cache):
+    """Wraps a cache and counts the bytes *it* copies, leaving out the model's own copies.
+
+    Every call the model makes goes to the wrapped cache unchanged; `update` and `reorder_cache` run inside a
+    `CopyCounter`. `copied_bytes` holds the running total, and ``copied_bytes_at[L]`` the total at the moment every
+    layer held L tokens, so one generation gives the count for each length along the way.
+    """
+
+    def __init__(self, cache: Cache) -> None:
+        if not isinstance(cache, Cache):
+            raise TypeError(f"cache must be a kvlab.Cache, got {type(cache).__name__}")
+        self.cache = cache
+        self.copied_bytes = 0
+        self.copied_bytes_at: dict[int, int] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with CopyCounter() as counter:
+            keys_values = self.cache.update(key, value, layer_idx)
+        self.copied_bytes += counter.bytes
+        # layers are updated in order, so the last layer's write for a length is the one that stays
+        self.copied_bytes_at[self.cache.get_seq_length(layer_idx)] = self.copied_bytes
+        return keys_values
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        with CopyCounter() as counter:
+            self.cache.reorder_cache(beam_idx)
+        self.copied_bytes += counter.bytes
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.cache.get_seq_length(layer_idx)
+
+    def get_max_cache_shape(self) -> int | None:
+        return self.cache.get_max_cache_shape()
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes
+
+
+def cache_copied_bytes(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, cache: Cache) -> int:
+    """Bytes `cache` copies while `kvlab.generate` (greedy) continues `idx` by `max_new_tokens` tokens."""
+    counting = CopyCountingCache(cache)
+    generate(model, idx, max_new_tokens, cache=counting)
+    return counting.copied_bytes
+
+
+def expected_copied_bytes(strategy: str, config, *, batch_size: int, prompt_len: int, new_tokens: int,
+                          bytes_per_elem: float = 4) -> int:
+    """Bytes a cache copies while `generate` makes `new_tokens` tokens after a `prompt_len`-token prompt, on paper.
+
+    One token's K and V in every layer take ``b = kv_cache_bytes(..., seq_len=1)`` bytes. The prompt is fed once
+    (prefill), then `new_tokens - 1` single tokens (the last token is returned, never fed), so the cache ends at
+    ``T = prompt_len + new_tokens - 1`` tokens.
+
+    - ``"static"`` writes each token in place once: ``b · T`` bytes, Θ(T).
+    - ``"dynamic"`` stores the prompt's K/V as they are (no copy), then each decode step concatenates and so
+      copies the whole cache it produces, of L = prompt_len + 1, ..., T tokens: ``b · Σ L``, which is
+      ``b · (T(T+1) - P(P+1)) / 2`` with P = prompt_len: Θ(T²) for a short prompt.
+    """
+    if strategy not in ("dynamic", "static"):
+        raise ValueError(f"strategy must be 'dynamic' or 'static', got {strategy!r}")
+    for name, value, minimum in (("batch_size", batch_size, 1), ("prompt_len", prompt_len, 1),
+                                 ("new_tokens", new_tokens, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    per_token = kv_cache_bytes(config.n_layer, batch_size, 1, config.d_model, bytes_per_elem,
+                               n_head=config.n_head, n_kv_head=config.n_kv_head)
+    final_len = prompt_len + new_tokens - 1
+    if strategy == "static":
+        return per_token * final_len
+    return per_token * sum(range(prompt_len + 1, final_len + 1))
+
+
+# --- chapter 05: roofline and the two phases, measured ---
+
+
+def _check_int_arg(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
+                   device: torch.device | str = "cpu") -> float:
+    """Median wall-clock seconds of ``fn()`` over `repeats` runs, after `warmup` untimed runs.
+
+    The warm-up pays one-off costs (allocations, kernel selection, caches); the median ignores a run that the
+    operating system interrupted. On a GPU the clock waits for queued work (`torch.cuda.synchronize`).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    _check_int_arg("repeats", repeats, 1)
+    _check_int_arg("warmup", warmup, 0)
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = _clock(device)
+        fn()
+        times.append(_clock(device) - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def measure_peak_flops(n: int | None = None, repeats: int = 5, *, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of this machine's matrix multiply: an n×n by n×n product (2n³ FLOPs), median of `repeats` runs.
+
+    A large GEMM is the most compute-friendly work there is (intensity ~ n/6 FLOP/byte in fp32), so it measures
+    the compute roof as well as a quick test can; vendor peaks are usually somewhat higher. `n` defaults to 1024
+    on a CPU (about 2 GFLOP a run) and 8192 on a GPU (a smaller product would leave a GPU partly idle).
+    """
+    device = torch.device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    n = (8192 if device.type == "cuda" else 1024) if n is None else n
+    _check_int_arg("n", n, 1)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
+    seconds = median_seconds(lambda: torch.mm(a, b), repeats, warmup=1, device=device)
+    return 2 * n**3 / seconds
+
+
+@torch.inference_mode()
+def measure_bandwidth(n_bytes: int | None = None, repeats: int = 5, *, device: torch.device | str = "cpu") -> float:
+    """Bytes/s of this machine's memory: copying one `n_bytes` buffer into another, median of `repeats` runs.
+
+    A copy reads `n_bytes` and writes `n_bytes`, so it counts 2 · n_bytes per run (the convention of the STREAM
+    benchmark's "Copy"). The buffer must be far larger than the chip's caches, or this measures the cache:
+    `n_bytes` defaults to 128 MiB on a CPU and 1 GiB on a GPU. Only 2 · n_bytes of memory are used.
+    """
+    device = torch.device(device)
+    n_bytes = (2**30 if device.type == "cuda" else 2**27) if n_bytes is None else n_bytes
+    _check_int_arg("n_bytes", n_bytes, 4)
+    source = torch.ones(n_bytes // 4, device=device, dtype=torch.float32)  # touched, so its pages are mapped
+    target = torch.zeros_like(source)
+    seconds = median_seconds(lambda: target.copy_(source), repeats, warmup=1, device=device)
+    return 2 * source.nbytes / seconds
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Measured time of the two phases of one generation, with the FLOPs and bytes they must do (per forward).
+
+    `prefill_s` is the median time to first token (a forward over `batch_size` × `prompt_len` tokens);
+    `decode_s` the median time of one decode step (time per output token; each step yields `batch_size` tokens).
+    FLOPs and bytes come from `kvlab.flops.forward_flops` and `kvlab.flops.bytes_moved`; for the decode steps,
+    whose caches hold prompt_len, ..., prompt_len + n_decode - 1 tokens, they are those of the middle step.
+    """
+
+    prompt_len: int
+    batch_size: int
+    n_decode: int
+    prefill_s: float
+    decode_s: float
+    prefill_flops: int
+    prefill_bytes: int
+    decode_flops: int
+    decode_bytes: int
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Throughput while decoding: every step gives each of the batch_size rows one token."""
+        return self.batch_size / self.decode_s
+
+    @property
+    def prefill_intensity(self) -> float:
+        return self.prefill_flops / self.prefill_bytes
+
+    @property
+    def decode_intensity(self) -> float:
+        return self.decode_flops / self.decode_bytes
+
+    @property
+    def prefill_flops_per_s(self) -> float:
+        """Achieved FLOP/s of the prefill, the height of its point on a roofline."""
+        return self.prefill_flops / self.prefill_s
+
+    @property
+    def decode_flops_per_s(self) -> float:
+        return self.decode_flops / self.decode_s
+
+
+def time_phases(model: TinyGPT, prompt_len: int, batch_size: int = 1, n_decode: int = 8, repeats: int = 3,
+                warmup: int = 1, seed: int = 0) -> PhaseTimes:
+    """Time prefill and decode of `model` with `time_generation` (so through `kvlab.generate_with_stats`).
+
+    Each run generates ``n_decode + 1`` greedy tokens after `batch_size` random prompts of `prompt_len` tokens:
+    the first token ends the prefill, the other `n_decode` are decode steps. `prefill_s` is the median over
+    `repeats` runs (after `warmup` untimed ones), `decode_s` the median over the steps of each step's median.
+    Medians make the numbers robust to an interrupted run; they still vary between runs and machines.
+    """
+    if not isinstance(model, TinyGPT):
+        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    for name, value, minimum in (("prompt_len", prompt_len, 1), ("batch_size", batch_size, 1),
+                                 ("n_decode", n_decode, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                                 ("seed", seed, 0)):
+        _check_int_arg(name, value, minimum)
+    config = model.config
+    if prompt_len + n_decode + 1 > config.max_seq_len:
+        raise ValueError(f"prompt_len + n_decode + 1 = {prompt_len + n_decode + 1} exceeds the model's "
+                         f"max_seq_len={config.max_seq_len}")
+    stats = time_generation(model, prompt_len, n_decode + 1, repeats=repeats, warmup=warmup, batch_size=batch_size,
+                            seed=seed)  # chapter 1's timer: per-step medians over the repeats
+    b, middle = next(model.parameters()).element_size(), prompt_len + (n_decode - 1) // 2
+    return PhaseTimes(
+        prompt_len=prompt_len, batch_size=batch_size, n_decode=n_decode,
+        prefill_s=stats.prefill_s, decode_s=statistics.median(stats.decode_s),
+        prefill_flops=batch_size * forward_flops(config, prompt_len, 0),
+        prefill_bytes=bytes_moved(config, prompt_len, 0, b, batch_size),
+        decode_flops=batch_size * forward_flops(config, 1, middle),
+        decode_bytes=bytes_moved(config, 1, middle, b, batch_size),
+    )
+
+
+def sweep_phases(model: TinyGPT, prompt_lens: Sequence[int] = (16, 64, 256), batch_sizes: Sequence[int] = (1,),
+                 n_decode: int = 8, repeats: int = 3, warmup: int = 1, progress: bool = False) -> list[PhaseTimes]:
+    """`time_phases` for every (prompt_len, batch_size) pair, prompt lengths outermost; `progress` shows a bar.
+
+    Only the first pair gets `warmup` untimed runs (they pay the process's one-off costs); later pairs rely on
+    their median. The bar (tqdm) prints timings, so a notebook cell that shows it must not be compared by nbval.
+    """
+    pairs = [(p, b) for p in prompt_lens for b in batch_sizes]
+    if not pairs:
+        raise ValueError(f"prompt_lens and batch_sizes must not be empty, got {prompt_lens!r} and {batch_sizes!r}")
+    if progress:
+        from tqdm.auto import tqdm  # only when asked: keeps tqdm out of plain imports
+
+        pairs = tqdm(pairs, desc="timing prefill and decode")
+    return [time_phases(model, p, b, n_decode, repeats, warmup if i == 0 else 0) for i, (p, b) in enumerate(pairs)]
+
+
+# --- chapter 01: autoregressive generation ---
+
+
+def time_generation(model: TinyGPT, prompt_len: int, n_new: int, *, use_cache: bool = True, repeats: int = 5,
+                    warmup: int = 1, batch_size: int = 1, seed: int = 0,
+                    num_threads: int | None = None) -> GenerationStats:
+    """Time greedy generation of `n_new` tokens after a random prompt of `prompt_len` tokens, robustly.
+
+    Runs `warmup` untimed generations (the first call pays one-off costs: memory allocation, kernel selection),
+    then `repeats` timed ones through kvlab's one timing path, `generate_with_stats`. Returns a `GenerationStats`
+    whose `prefill_s` (time to first token) and each `decode_s[i]` are the *median* over the repeats of that
+    step, so a step slowed down by another process moves the result less than it would move a mean.
+
+    `num_threads` sets PyTorch's CPU threads for the measurement only (None keeps the current setting). For models
+    as small as the course's, one thread is usually fastest (more threads mostly add synchronisation) and far
+    steadier when other programs share the cores: busy threads that wait for each other waste whole time slices.
+    """
+    if not isinstance(model, TinyGPT):
+        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    for name, value, minimum in (("prompt_len", prompt_len, 1), ("n_new", n_new, 1), ("repeats", repeats, 1),
+                                 ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("seed", seed, 0)):
+        _check_int_arg(name, value, minimum)  # chapter 05's checker: TypeError for a non-int, ValueError if small
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
+    if num_threads is not None:
+        _check_int_arg("num_threads", num_threads, 1)
+    if prompt_len + n_new > model.config.max_seq_len:
+        raise ValueError(f"prompt_len ({prompt_len}) + n_new ({n_new}) = {prompt_len + n_new} exceeds "
+                         f"max_seq_len={model.config.max_seq_len}")
+    device = next(model.parameters()).device
+    prompt = torch.randint(model.config.vocab_size, (batch_size, prompt_len),
+                           generator=torch.Generator().manual_seed(seed)).to(device)  # (B, P)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(num_threads or threads)
+    try:
+        for _ in range(warmup):
+            generate_with_stats(model, prompt, n_new, use_cache=use_cache)
+        runs = [generate_with_stats(model, prompt, n_new, use_cache=use_cache)[1] for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(threads)
+    return GenerationStats(prompt_len=prompt_len, new_tokens=n_new,
+                           prefill_s=statistics.median(run.prefill_s for run in runs),
+                           decode_s=[statistics.median(step) for step in zip(*(run.decode_s for run in runs))])
+
+
+def cumulative_tokens_per_s(stats: GenerationStats) -> list[float]:
+    """Throughput of a generation stopped after 1, 2, ..., N tokens: n / (time of the first n steps).
+
+    A greedy generation of n tokens does exactly the first n steps of a longer one, so one timed run of N tokens
+    gives the throughput of every shorter generation too.
+    """
+    if not isinstance(stats, GenerationStats):
+        raise TypeError(f"stats must be a kvlab.GenerationStats, got {type(stats).__name__}")
+    elapsed, throughput = 0.0, []
+    for n, step_s in enumerate([stats.prefill_s, *stats.decode_s], start=1):
+        elapsed += step_s
+        throughput.append(n / elapsed if elapsed > 0 else float("inf"))
+    return throughput
+
+
+@contextlib.contextmanager
+def record_positions(model: torch.nn.Module) -> Iterator[list[int]]:
+    """Record how many token positions each forward call of `model` computes (``idx.shape[1]``), inside a block.
+
+        with record_positions(model) as fed:
+            kvlab.generate(model, prompt, 5, use_cache=False)
+        # fed == [P, P + 1, P + 2, P + 3, P + 4]
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    fed: list[int] = []
+
+    def hook(module, args, kwargs):
+        idx = args[0] if args else kwargs["idx"]
+        fed.append(idx.shape[1])
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield fed
+    finally:
+        handle.remove()
+
+
+# --- chapter 04: cost with and without a cache ---
+
+
+
+@torch.inference_mode()
+def count_generation_flops(model: TinyGPT, prompt_len: int, n_new: int, *, use_cache: bool = True) -> list[int]:
+    """FLOPs of every forward of one `kvlab.generate` call, as counted by PyTorch's `FlopCounterMode`.
+
+    Entry 0 is the prefill (the prompt of `prompt_len` tokens), entry i the decode step that sees
+    prompt_len + i tokens, so the list lines up with `GenerationStats` (``prefill_s, *decode_s``) and with
+    `kvlab.flops.decode_step_flops`. It counts the real loop: a hook reads the counter after each forward. Attention
+    runs as plain matmuls, which the counter knows (see `count_flops`). Slow (the counter inspects every operation):
+    keep n_new to a few hundred.
+    """
+    if not isinstance(model, TinyGPT):
+        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    _check_int_arg("prompt_len", prompt_len, 1)
+    _check_int_arg("n_new", n_new, 1)
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
+    device = next(model.parameters()).device
+    prompt = torch.zeros(1, prompt_len, dtype=torch.long, device=device)  # (1, P): the ids do not change the cost
+    running_totals: list[int] = []
+    with _math_attention(), FlopCounterMode(display=False) as counter:
+        handle = model.register_forward_hook(lambda *_: running_totals.append(counter.get_total_flops()))
+        try:
+            generate(model, prompt, n_new, use_cache=use_cache)  # checks prompt_len + n_new <= max_seq_len
+        finally:
+            handle.remove()
+    return [after - before for before, after in zip([0, *running_totals], running_totals)]
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float], x_min: float | None = None) -> float:
+    """The exponent k of a power law y ≈ c · x^k: a least-squares line through (log x, log y), `numpy.polyfit`.
+
+    Only points with x >= `x_min` are used (all when None): costs made of several powers, like D·t + A·t², show
+    their leading power only at large x, and the fit should look where that power has taken over.
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.ndim != 1 or xs.shape != ys.shape:
+        raise ValueError(f"x and y must be 1-D and of equal length, got shapes {xs.shape} and {ys.shape}")
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys)) and np.all(xs > 0) and np.all(ys > 0)):
+        raise ValueError("x and y must be finite and > 0 to take logarithms")
+    keep = xs >= x_min if x_min is not None else np.ones(xs.shape, dtype=bool)
+    if np.unique(xs[keep]).size < 2:
+        raise ValueError(f"need at least 2 distinct x >= x_min={x_min!r} to fit a slope, got {xs[keep].tolist()}")
+    slope, _intercept = np.polyfit(np.log(xs[keep]), np.log(ys[keep]), 1)
+    return float(slope)

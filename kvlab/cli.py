@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--batch", type=int, default=1)
     mem.add_argument("--seq-len", type=int, required=True)
     mem.add_argument("--dtype", default="fp16", choices=list(memory.DTYPE_BYTES))
+    # chapter 06: where the cache sits on a GPU next to the weights
+    mem.add_argument("--gpu-gib", type=float, help="GPU memory in GiB: also show weights, room left and what fits")
+    mem.add_argument("--params", type=int, help="parameter count for the weights (default: the preset's)")
+    mem.add_argument("--weight-dtype", choices=list(memory.DTYPE_BYTES), help="dtype of the weights (default: --dtype)")
 
     gen = commands.add_parser("generate", help="continue a prompt with the hello model")
     gen.add_argument("--prompt", default="h")
@@ -67,10 +71,25 @@ def _memory(args: argparse.Namespace) -> str:
 
     n_bytes, per_token = cache_bytes(args.batch, args.seq_len), cache_bytes(1, 1)
     name = preset.name if preset else "custom model"
+    if args.gpu_gib is not None or args.params is not None or args.weight_dtype is not None:
+        return _memory_on_gpu(args, sizes, name, preset)
     shape = ", ".join(f"{k}={v}" for k, v in sizes.items() if v is not None)
     return (f"{name} ({shape}), batch {args.batch}, seq_len {args.seq_len}, {args.dtype}\n"
             f"KV cache: {n_bytes:,} bytes = {memory.format_bytes(n_bytes)}\n"
             f"per token: {per_token:,} bytes = {memory.format_bytes(per_token)}")
+
+
+def _memory_on_gpu(args: argparse.Namespace, sizes: dict, name: str, preset) -> str:
+    """`kvlab memory ... --gpu-gib G`: the same report as chapter 06's calculator (`memory.format_report`)."""
+    if args.gpu_gib is None:
+        raise ValueError("--params and --weight-dtype need --gpu-gib")
+    n_params = args.params if args.params is not None else getattr(preset, "n_params", None)
+    if n_params is None:
+        raise ValueError("a custom model needs --params (its parameter count) with --gpu-gib")
+    report = memory.memory_report(sizes["n_layer"], sizes["d_model"], sizes["n_head"], sizes["n_kv_head"],
+                                  args.batch, args.seq_len, args.dtype, gpu_gib=args.gpu_gib, n_params=n_params,
+                                  weight_dtype=args.weight_dtype, name=name)
+    return memory.format_report(report)
 
 
 def _generate(args: argparse.Namespace) -> str:

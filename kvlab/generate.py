@@ -16,7 +16,8 @@ import torch
 from .cache import Cache, DynamicCache
 from .model import TinyGPT
 
-__all__ = ["GenerationStats", "generate", "generate_with_stats", "sample_next_token"]
+__all__ = ["GenerationStats", "generate", "generate_with_stats", "sample_next_token", "beam_search",
+           "TraceStep", "trace_generation"]
 
 
 @dataclass
@@ -133,3 +134,83 @@ def generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, use_cach
     tokens, stats = generate_with_stats(model, idx, max_new_tokens, use_cache=use_cache, cache=cache,
                                         temperature=temperature, top_k=top_k, eos_id=eos_id, generator=generator)
     return (tokens, stats) if return_stats else tokens
+
+
+# --- chapter 03: beam search and reorder_cache ---
+
+@torch.inference_mode()
+def beam_search(model: TinyGPT, idx: torch.Tensor, n_beams: int, max_new_tokens: int, *, use_cache: bool = True,
+                cache: Cache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the `n_beams` most likely continuations of one prompt `idx` (1, T); score = sum of token log-probs.
+
+    Returns ``(beams, scores)``: beams (n_beams, T + max_new_tokens) token ids and their scores (n_beams,), best
+    first. Kept short on purpose: no length normalisation, no end-of-sequence handling.
+
+    The batch holds one row per beam from the start (rows 1.. begin with score -inf, so step one expands only
+    row 0); this keeps the batch size fixed, which a `StaticCache` needs (``batch_size=n_beams``). After each step
+    the surviving beams may come from any parent row, some twice, others not at all: ``cache.reorder_cache(beam_idx)``
+    moves every layer's K/V rows along with their beams. With ``use_cache=False`` each step recomputes every beam
+    from scratch instead, which must give the same beams.
+    """
+    _check_arguments(model, idx, max_new_tokens, use_cache, cache, 0.0, None)
+    if idx.shape[0] != 1:
+        raise ValueError(f"beam_search continues one prompt: idx must have shape (1, seq_len), got {tuple(idx.shape)}")
+    vocab_size = model.config.vocab_size
+    if not isinstance(n_beams, int) or isinstance(n_beams, bool) or not 1 <= n_beams <= vocab_size:
+        raise ValueError(f"n_beams must be an int in 1..vocab_size ({vocab_size}), got {n_beams!r}")
+    if cache is not None and cache.get_seq_length() != 0:
+        raise ValueError(f"beam_search needs an empty cache, got one holding {cache.get_seq_length()} tokens")
+    if use_cache and cache is None:
+        cache = DynamicCache()
+    beams = idx.repeat(n_beams, 1)  # (n_beams, T): every row starts as the prompt
+    scores = torch.full((n_beams,), float("-inf"), device=idx.device)
+    scores[0] = 0.0  # only row 0 is a live beam at first
+    for _ in range(max_new_tokens):
+        model_input = beams if cache is None else beams[:, cache.get_seq_length():]
+        log_probs = model(model_input, cache)[:, -1, :].log_softmax(dim=-1)  # (n_beams, vocab)
+        candidates = (scores[:, None] + log_probs).view(-1)  # every beam x every next token
+        scores, flat = candidates.topk(n_beams)  # best first
+        beam_idx, token = flat // vocab_size, flat % vocab_size  # which parent row, which new token
+        beams = torch.cat([beams[beam_idx], token[:, None]], dim=1)
+        if cache is not None:
+            cache.reorder_cache(beam_idx)  # row i of the cache now holds the K/V of beam i's parent
+    return beams, scores
+
+
+# --- chapter 01: autoregressive generation ---
+
+
+@dataclass
+class TraceStep:
+    """One step of a traced greedy generation: what the model was fed, what it proposed, what was appended."""
+
+    step: int
+    fed: list[int]  # token ids fed to the model at this step
+    candidates: list[tuple[int, float]]  # the most likely next tokens with their probabilities, best first
+    chosen: int  # the token appended (greedy: the most likely one)
+
+
+@torch.inference_mode()
+def trace_generation(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, use_cache: bool = False,
+                     top: int = 3) -> list[TraceStep]:
+    """Greedy generation of one sequence, recording every turn of the loop, to read it step by step.
+
+    The loop is the same as `generate_with_stats`'s (same feeding, same `sample_next_token`), without timing,
+    sampling or early stopping, so the chosen tokens are exactly `generate`'s greedy tokens.
+    """
+    _check_arguments(model, idx, max_new_tokens, use_cache, None, 0.0, None)
+    if idx.shape[0] != 1:
+        raise ValueError(f"trace_generation follows one sequence: idx must have batch size 1, got {idx.shape[0]}")
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= model.config.vocab_size:
+        raise ValueError(f"top must be an int in 1..vocab_size={model.config.vocab_size}, got {top!r}")
+    cache = DynamicCache() if use_cache else None
+    steps = []
+    for step in range(max_new_tokens):
+        model_input = idx if cache is None else idx[:, cache.get_seq_length():]  # whole sequence, or only the new
+        logits = model(model_input, cache)[:, -1, :]  # (1, vocab): the prediction for the next position
+        best = logits.softmax(dim=-1)[0].topk(top)  # the `top` most likely next tokens
+        next_token = sample_next_token(logits)  # greedy: the argmax, (1, 1)
+        steps.append(TraceStep(step, model_input[0].tolist(),
+                               list(zip(best.indices.tolist(), best.values.tolist())), int(next_token)))
+        idx = torch.cat([idx, next_token], dim=1)  # append, and go round again
+    return steps

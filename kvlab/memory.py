@@ -222,3 +222,182 @@ def max_tokens_that_fit(
     _check_int("weight_bytes", weight_bytes, 0)
     free = memory_bytes - weight_bytes
     return max(free, 0) // kv_bytes_per_token(preset, bytes_per_elem)
+
+
+# --- chapter 06: KV-cache memory ---
+
+
+def tokens_to_outgrow_weights(preset: ModelPreset, bytes_per_elem: float = 2, weight_bytes: int | None = None) -> int:
+    """Fewest cached tokens (batch_size × seq_len, summed) whose cache takes more bytes than the weights.
+
+    The cache grows linearly in batch_size · seq_len while the weights stay put, so there is always such a
+    point; past it, a serving GPU spends more memory on remembered tokens than on the model itself.
+    `weight_bytes` defaults to the weights stored in the same dtype as the cache.
+    """
+    if not isinstance(preset, ModelPreset):
+        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
+    if weight_bytes is None:
+        weight_bytes = preset.weight_bytes(bytes_per_elem)
+    _check_int("weight_bytes", weight_bytes, 0)
+    return weight_bytes // kv_bytes_per_token(preset, bytes_per_elem) + 1
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Where the memory of one GPU goes when it serves a model: weights, KV cache, and what is left.
+
+    Built by `memory_report`, which checks the inputs; the derived numbers are properties, so a report can
+    never disagree with itself. The calculator widget and `kvlab memory --gpu-gib` both print one.
+    """
+
+    name: str
+    n_layer: int
+    d_model: int
+    n_head: int | None
+    n_kv_head: int | None
+    batch_size: int
+    seq_len: int
+    dtype: str
+    weight_dtype: str
+    n_params: int
+    gpu_bytes: int
+    cache_bytes: int  # 2 · n_layer · batch_size · seq_len · (n_kv_head · head_dim) · bytes
+    bytes_per_token: int  # the same with batch_size = seq_len = 1
+    weight_bytes: int  # n_params · bytes of weight_dtype
+
+    @property
+    def weights_fit(self) -> bool:
+        """Whether the weights alone fit on the GPU."""
+        return self.weight_bytes <= self.gpu_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        """Memory left for the cache once the weights are loaded (0 when they do not fit)."""
+        return max(self.gpu_bytes - self.weight_bytes, 0)
+
+    @property
+    def cache_fits(self) -> bool:
+        """Whether weights and cache fit together (an upper bound: activations also need room)."""
+        return self.weight_bytes + self.cache_bytes <= self.gpu_bytes
+
+    @property
+    def max_tokens(self) -> int:
+        """The largest batch_size × seq_len (cached tokens, summed over the batch) that fits beside the weights."""
+        return self.free_bytes // self.bytes_per_token
+
+    @property
+    def max_batch_size(self) -> int | None:
+        """The largest batch that fits at this seq_len (None when seq_len is 0: any batch caches nothing)."""
+        return self.max_tokens // self.seq_len if self.seq_len else None
+
+    @property
+    def max_seq_len(self) -> int | None:
+        """The longest sequence that fits at this batch_size (None when batch_size is 0)."""
+        return self.max_tokens // self.batch_size if self.batch_size else None
+
+    @property
+    def free_share_of_gpu(self) -> float:
+        """Share of the GPU's memory left after the weights, 0..1."""
+        return self.free_bytes / self.gpu_bytes
+
+    @property
+    def cache_share_of_free(self) -> float:
+        """Share of the memory left after the weights that this cache takes; above 1 it does not fit."""
+        if self.free_bytes == 0:
+            return 0.0 if self.cache_bytes == 0 else math.inf
+        return self.cache_bytes / self.free_bytes
+
+
+def _check_dtype_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or value not in DTYPE_BYTES:
+        raise ValueError(f"{name} must be one of {', '.join(DTYPE_BYTES)}, got {value!r}")
+
+
+def memory_report(
+    n_layer: int,
+    d_model: int,
+    n_head: int | None,
+    n_kv_head: int | None,
+    batch_size: int,
+    seq_len: int,
+    dtype: str = "fp16",
+    *,
+    gpu_gib: float,
+    n_params: int,
+    weight_dtype: str | None = None,
+    name: str = "custom model",
+) -> MemoryReport:
+    """KV-cache bytes of a model shape and how they sit on a GPU of `gpu_gib` GiB next to the weights.
+
+    The cache follows `kv_cache_bytes`; the weights are `n_params` numbers of `weight_dtype` (default: the
+    cache's dtype). Invalid input raises ValueError/TypeError naming the value, as everywhere in this module.
+    """
+    _check_dtype_name("dtype", dtype)
+    weight_dtype = dtype if weight_dtype is None else weight_dtype
+    _check_dtype_name("weight_dtype", weight_dtype)
+    _check_int("n_params", n_params, 0)
+    if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, (int, float)):
+        raise TypeError(f"gpu_gib must be a number of GiB > 0, got {gpu_gib!r} ({type(gpu_gib).__name__})")
+    if not (gpu_gib > 0 and (isinstance(gpu_gib, int) or math.isfinite(gpu_gib))):
+        raise ValueError(f"gpu_gib must be a finite number > 0, got {gpu_gib!r}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r} ({type(name).__name__})")
+    width = bytes_per_element(dtype)
+
+    def cache(batch: int, length: int) -> int:
+        return kv_cache_bytes(n_layer, batch, length, d_model, width, n_head=n_head, n_kv_head=n_kv_head)
+
+    return MemoryReport(
+        name=name, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head, batch_size=batch_size,
+        seq_len=seq_len, dtype=dtype, weight_dtype=weight_dtype, n_params=n_params,
+        gpu_bytes=math.floor(Fraction(gpu_gib) * GIB), cache_bytes=cache(batch_size, seq_len),
+        bytes_per_token=cache(1, 1), weight_bytes=_whole_bytes(n_params, bytes_per_element(weight_dtype)),
+    )
+
+
+def preset_report(preset: str | ModelPreset, batch_size: int, seq_len: int, dtype: str = "fp16", *,
+                  gpu_gib: float, weight_dtype: str | None = None) -> MemoryReport:
+    """`memory_report` for a published model, by preset id (e.g. "llama2-7b") or `ModelPreset`."""
+    if isinstance(preset, str):
+        preset = get_preset(preset)
+    if not isinstance(preset, ModelPreset):
+        raise TypeError(f"preset must be a preset id or a ModelPreset, got {preset!r} ({type(preset).__name__})")
+    return memory_report(preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, batch_size, seq_len,
+                         dtype, gpu_gib=gpu_gib, n_params=preset.n_params, weight_dtype=weight_dtype,
+                         name=preset.name)
+
+
+def bytes_line(n_bytes: int) -> str:
+    """'77,309,411,328 bytes = 72.0 GiB (77.3 GB)': the exact count, then both units. CLI and widget print it."""
+    return f"{n_bytes:,} bytes = {format_bytes(n_bytes)}"
+
+
+def format_report(report: MemoryReport) -> str:
+    """The report as the lines the CLI prints and the calculator shows (the first three match `kvlab memory`)."""
+    if not isinstance(report, MemoryReport):
+        raise TypeError(f"report must be a MemoryReport (see memory_report), got {type(report).__name__}")
+    r = report
+    shape = {"n_layer": r.n_layer, "d_model": r.d_model, "n_head": r.n_head, "n_kv_head": r.n_kv_head}
+    shape_text = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
+    lines = [
+        f"{r.name} ({shape_text}), batch {r.batch_size}, seq_len {r.seq_len}, {r.dtype}",
+        f"KV cache: {bytes_line(r.cache_bytes)}",
+        f"per token: {bytes_line(r.bytes_per_token)}",
+        f"weights: {r.n_params:,} parameters in {r.weight_dtype} = {bytes_line(r.weight_bytes)}",
+        f"GPU: {bytes_line(r.gpu_bytes)}",
+    ]
+    if not r.weights_fit:
+        lines.append(f"does not fit: the weights alone need {r.weight_bytes / r.gpu_bytes:,.0%} of the GPU, "
+                     f"so no room is left for a KV cache")
+        return "\n".join(lines)
+    verdict = "fits" if r.cache_fits else "does NOT fit"
+    lines += [
+        f"left after the weights: {bytes_line(r.free_bytes)} ({r.free_share_of_gpu:.1%} of the GPU)",
+        f"{verdict}: this cache takes {r.cache_share_of_free:,.1%} of what is left",
+        f"largest batch × seq_len that fits: {r.max_tokens:,} cached tokens",
+    ]
+    if r.max_seq_len is not None:
+        lines.append(f"  at batch {r.batch_size:,}: seq_len up to {r.max_seq_len:,}")
+    if r.max_batch_size is not None:
+        lines.append(f"  at seq_len {r.seq_len:,}: batch up to {r.max_batch_size:,}")
+    return "\n".join(lines)

@@ -7,6 +7,216 @@ ipywidgets is imported here only, never by ``import kvlab``.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as widgets
 
-__all__: list[str] = []
+from . import memory, plots
+
+__all__: list[str] = ["GPU_MEMORY_GIB", "draw_memory_calculator", "memory_calculator", "cache_stepper",
+                     "COST_D_MODELS", "COST_LENGTHS", "draw_cost_explorer", "cost_explorer"]
+
+
+# --- chapter 06: KV-cache memory ---
+
+GPU_MEMORY_GIB = (16, 24, 40, 80, 141)  # common accelerator sizes, in GiB
+
+
+def _preset_name(n_layer: int, d_model: int, n_head: int, n_kv_head: int, n_params: int) -> str:
+    """The published model with exactly this shape, or 'custom model'."""
+    for preset in memory.MODEL_PRESETS.values():
+        if (preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, preset.n_params) == (
+                n_layer, d_model, n_head, n_kv_head, n_params):
+            return preset.name
+    return "custom model"
+
+
+def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: int, batch_size: int, seq_len: int,
+                           dtype: str = "fp16", gpu_gib: float = 80, n_params_billion: float = 7.0,
+                           weight_dtype: str | None = None):
+    """The calculator for one setting of its controls: (report text, Figure), or (message, None) if invalid.
+
+    All arithmetic is `kvlab.memory.memory_report`; this only turns a bad setting into a readable message
+    (never a traceback, since a learner dragging sliders will hit them) and draws the report.
+    """
+    try:
+        if isinstance(n_params_billion, bool) or not isinstance(n_params_billion, (int, float)):
+            raise TypeError(f"n_params_billion must be a number, got {n_params_billion!r}")
+        if not (math.isfinite(n_params_billion) and n_params_billion >= 0):
+            raise ValueError(f"n_params_billion must be a finite number >= 0, got {n_params_billion!r}")
+        n_params = round(n_params_billion * 1e9)
+        name = _preset_name(n_layer, d_model, n_head, n_kv_head, n_params)
+        report = memory.memory_report(n_layer, d_model, n_head, n_kv_head, batch_size, seq_len, dtype,
+                                      gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype, name=name)
+        text = memory.format_report(report)
+    except (ValueError, TypeError) as error:
+        return f"Cannot compute this setting: {error}", None
+    except OverflowError:  # beyond float range (~1e308), e.g. to print GiB: not a setting worth a traceback
+        return "Cannot compute this setting: the numbers are too large to show (over 10^308)", None
+    return text, plots.plot_memory_report(report)
+
+
+def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: int = 4096,
+                      gpu_gib: float = 80) -> widgets.Widget:
+    """The KV-cache memory calculator: pick a model (or set its sizes), a batch, a length, a dtype and a GPU."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    if preset is not None and preset not in memory.MODEL_PRESETS:
+        raise ValueError(f"preset must be None (custom) or one of {', '.join(memory.MODEL_PRESETS)}, got {preset!r}")
+    if gpu_gib not in GPU_MEMORY_GIB:
+        raise ValueError(f"gpu_gib must be one of {GPU_MEMORY_GIB}, got {gpu_gib!r}")
+    for name, value, high in (("batch_size", batch_size, 256), ("seq_len", seq_len, 131072)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise ValueError(f"{name} must be an int in 1..{high} (the slider's range), got {value!r}")
+    style = {"description_width": "150px"}
+    layout = widgets.Layout(width="480px")
+
+    def slider(description, value, low, high, step=1):
+        return widgets.IntSlider(value=value, min=low, max=high, step=step, description=description,
+                                 continuous_update=False, style=style, layout=layout)
+
+    choose = widgets.Dropdown(options=[("custom", None)] + [(p.name, key) for key, p in memory.MODEL_PRESETS.items()],
+                              value=preset, description="model", style=style, layout=layout)
+    controls = dict(
+        n_layer=slider("layers n_layer", 32, 1, 128),
+        d_model=slider("hidden size d_model", 4096, 64, 16384, 64),
+        n_head=slider("heads n_head", 32, 1, 128),
+        n_kv_head=slider("K/V heads n_kv_head", 32, 1, 128),
+        batch_size=slider("batch", batch_size, 1, 256),
+        seq_len=slider("seq_len (tokens)", seq_len, 1, 131072),
+        dtype=widgets.Dropdown(options=list(memory.DTYPE_BYTES), value="fp16", description="cache dtype",
+                               style=style, layout=layout),
+        gpu_gib=widgets.Dropdown(options=[(f"{g} GiB", g) for g in GPU_MEMORY_GIB], value=gpu_gib,
+                                 description="GPU memory", style=style, layout=layout),
+        n_params_billion=widgets.BoundedFloatText(value=7.0, min=0, max=1e6, description="parameters (billions)",
+                                                  style=style, layout=layout),
+        weight_dtype=widgets.Dropdown(options=[("same as the cache", None)] + [(d, d) for d in memory.DTYPE_BYTES],
+                                      value="fp16", description="weights dtype", style=style, layout=layout),
+    )
+    out = widgets.Output()
+    busy = [False]  # set while a preset fills in the sliders, so they redraw once, not once per slider
+
+    def redraw(_change=None):
+        if busy[0]:
+            return
+        text, fig = draw_memory_calculator(**{name: c.value for name, c in controls.items()})
+        with out:
+            out.clear_output(wait=True)
+            print(text)
+            if fig is not None:
+                display(fig)
+                plt.close(fig)
+
+    def apply_preset(_change=None):
+        if choose.value is not None:
+            p = memory.get_preset(choose.value)
+            busy[0] = True
+            try:
+                for name, value in (("n_layer", p.n_layer), ("d_model", p.d_model), ("n_head", p.n_head),
+                                    ("n_kv_head", p.n_kv_head), ("n_params_billion", p.n_params / 1e9)):
+                    controls[name].value = value
+            finally:
+                busy[0] = False
+        redraw()
+
+    choose.observe(apply_preset, names="value")
+    for control in controls.values():
+        control.observe(redraw, names="value")
+    apply_preset()
+    return widgets.VBox([choose, *controls.values(), out])
+
+
+# --- chapter 02: attention from "h" to "hello" ---
+
+
+def cache_stepper(T: int = 10, tokens=None, t: int = 1) -> widgets.interactive:
+    """A slider over decode steps t = 0..T that redraws `kvlab.plots.plot_cache_step(t, T, tokens)`.
+
+    Left: without a cache, step t recomputes every row 1..t of the score matrix. Right: with a KV cache, only row t,
+    reading k_1..k_{t-1} (and v) from the cache. The drawing is `plot_cache_step`; tests call that directly.
+    """
+    import matplotlib.pyplot as plt
+
+    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
+        raise ValueError(f"T must be an int >= 1, got {T!r}")
+    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= T:
+        raise ValueError(f"t must be an int in 0..{T}, got {t!r}")
+    plots._position_labels(T, tokens)  # fail now, not on the first redraw, if tokens do not fit T
+
+    def draw(t: int) -> None:
+        plots.plot_cache_step(t, T, tokens)
+        plt.show()  # show here and return None: interactive would otherwise display the returned figure twice
+
+    return widgets.interactive(draw, t=widgets.IntSlider(value=t, min=0, max=T, description="step t"))
+
+
+# --- chapter 04: cost with and without a cache ---
+
+COST_D_MODELS = (16, 32, 64, 128, 256, 512, 768, 1024, 1600, 2048, 4096, 8192, 12288, 16384)  # slider stops
+COST_LENGTHS = tuple(2**k for k in range(18))  # T from 1 to 131,072 tokens
+
+
+def draw_cost_explorer(d_model: int, n_layer: int, T: int, vocab_size: int = 50257):
+    """Dense vs attention FLOPs, per decode step and in total, with and without a cache, for one model shape.
+
+    A plain function of the sliders (tests call it). The model is a GPT-2-shaped `GPTConfig` (multi-head attention;
+    the number of heads does not change the FLOPs); `vocab_size` defaults to GPT-2's. All numbers come from
+    `kvlab.flops` (closed forms, so T = 131,072 draws instantly); the picture from `kvlab.plots.plot_cost_split`.
+    """
+    import numpy as np
+
+    from . import flops
+    from .model import GPTConfig
+
+    for name, value in (("d_model", d_model), ("n_layer", n_layer), ("T", T), ("vocab_size", vocab_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
+        if value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    d_model, n_layer, T, vocab_size = int(d_model), int(n_layer), int(T), int(vocab_size)
+    config = GPTConfig(vocab_size=vocab_size, n_layer=n_layer, n_head=1, d_model=d_model, max_seq_len=T)
+    lengths = sorted({int(round(t)) for t in np.geomspace(1, T, 48)})
+    modes = {"with cache": True, "without cache": False}
+    step = {mode: {"dense": [], "attention": []} for mode in modes}
+    total = {mode: {"dense": [], "attention": []} for mode in modes}
+    for mode, use_cache in modes.items():
+        for t in lengths:
+            for part, value in flops.decode_step_flops_split(config, t, use_cache).items():
+                step[mode][part].append(value)
+            for part, value in flops.generation_flops_split(config, 1, t, use_cache).items():
+                total[mode][part].append(value)
+    t_star = flops.attention_crossover(config)
+    verdict = (f"attention outweighs the dense matmuls from t* = {float(t_star):,.0f} tokens on" if T >= t_star else
+               f"dense matmuls dominate every step up to T = {T:,} (t* = {float(t_star):,.0f})")
+    title = f"d_model = {d_model:,}, n_layer = {n_layer}, vocab = {vocab_size:,}: {verdict}"
+    return plots.plot_cost_split(lengths, step, lengths, total, t_star=t_star, title=title)
+
+
+def cost_explorer(d_model: int = 768, n_layer: int = 12, T: int = 8192, vocab_size: int = 50257) -> widgets.interactive:
+    """Sliders for d_model, n_layer and T that redraw `draw_cost_explorer` (defaults: GPT-2 small's shape)."""
+    import matplotlib.pyplot as plt
+
+    if d_model not in COST_D_MODELS:
+        raise ValueError(f"d_model must be one of the slider's stops {COST_D_MODELS}, got {d_model!r}")
+    if T not in COST_LENGTHS:
+        raise ValueError(f"T must be a power of two from 1 to {COST_LENGTHS[-1]:,} (the slider's stops), got {T!r}")
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or not 1 <= n_layer <= 128:
+        raise ValueError(f"n_layer must be an int in 1..128 (the slider's range), got {n_layer!r}")
+    draw_cost_explorer(d_model, n_layer, T, vocab_size)  # fail now on a bad vocab_size, not on the first redraw
+    plt.close("all")
+
+    def draw(d_model: int, n_layer: int, T: int) -> None:
+        draw_cost_explorer(d_model, n_layer, T, vocab_size)
+        plt.show()  # show here and return None: interactive would otherwise display the returned figure twice
+
+    style = {"description_width": "80px"}
+    return widgets.interactive(
+        draw,
+        d_model=widgets.SelectionSlider(options=COST_D_MODELS, value=d_model, description="d_model",
+                                        continuous_update=False, style=style),
+        n_layer=widgets.IntSlider(value=n_layer, min=1, max=128, description="n_layer", continuous_update=False,
+                                  style=style),
+        T=widgets.SelectionSlider(options=COST_LENGTHS, value=T, description="T (tokens)", continuous_update=False,
+                                  style=style),
+    )

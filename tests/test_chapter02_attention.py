@@ -1,0 +1,370 @@
+"""Chapter 02: the attention sums written out by hand equal the model's own, K/V rows never change as the text grows,
+the newest row needs only the newest query, and the cache stepper draws every step. Also the claims the notebook
+prints, and clear errors for bad input."""
+
+import copy
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import kvlab  # noqa: E402
+from conftest import random_model  # noqa: E402
+from kvlab import plots, widgets  # noqa: E402
+from kvlab.attention_trace import (AttentionTrace, cache_step_grid, expand_attention_step, format_vectors,  # noqa: E402
+                                   kv_prefix_change, output_change, trace_attention, trace_with_perturbation)
+
+
+def _attention_module_output(model, idx, layer):
+    """(T, d_model) what `blocks[layer].attn` returns, caught with a hook independent of attention_trace."""
+    seen = {}
+    hook = model.blocks[layer].attn.register_forward_hook(lambda m, i, out: seen.setdefault("out", out))
+    try:
+        with torch.no_grad():
+            model(idx)
+    finally:
+        hook.remove()
+    return seen["out"][0]
+
+
+def _check_trace_against_model(model, idx, layer):
+    """Every head of `layer`: the hand expansion equals the model's head output, and the heads rebuild the layer."""
+    config = model.config
+    traces = [trace_attention(model, idx, layer, head) for head in range(config.n_head)]
+    for trace in traces:
+        assert trace.q.shape == trace.k.shape == trace.v.shape == trace.output.shape == (idx.shape[1], config.head_dim)
+        for t in range(1, idx.shape[1] + 1):
+            step = expand_attention_step(trace, t)
+            assert torch.allclose(step.output, trace.output[t - 1].double(), atol=1e-5, rtol=0), (layer, trace.head, t)
+            assert torch.allclose(step.weights, trace.weights[t - 1, :t], atol=1e-12)
+            assert trace.weights[t - 1, t:].eq(0).all()  # nothing above the diagonal
+    # The per-head outputs, side by side and projected, are the attention layer's output: the slicing is right.
+    attn = model.blocks[layer].attn
+    with torch.no_grad():
+        rebuilt = attn.proj(torch.cat([trace.output for trace in traces], dim=-1))
+    assert torch.allclose(rebuilt, _attention_module_output(model, idx, layer), atol=1e-6)
+    # The K/V head paired with each query head is the one the model's repeat_interleave gives it.
+    group = config.n_head // config.n_kv_head
+    k_all = torch.stack([trace_attention(model, idx, layer, g * group).k for g in range(config.n_kv_head)], dim=1)
+    repeated = k_all.repeat_interleave(group, dim=1)  # (T, n_head, D), as in CausalSelfAttention.forward
+    for trace in traces:
+        assert trace.kv_head == trace.head // group
+        assert torch.equal(trace.k, repeated[:, trace.head])
+
+
+# --- the expansion equals the model -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+def test_expansion_equals_hello_model_attention(hello, layer):
+    model, tokenizer = hello
+    _check_trace_against_model(model, tokenizer.encode_batch("hello"), layer)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_expansion_equals_attention_with_grouped_query_heads(n_kv_head):
+    model = random_model(seed=3, n_kv_head=n_kv_head)
+    idx = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
+    for layer in range(model.config.n_layer):
+        _check_trace_against_model(model, idx, layer)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), kv_choice=st.sampled_from([(4, 4), (4, 2), (4, 1), (2, 1), (1, 1)]),
+       seq_len=st.integers(1, 12))
+def test_expansion_equals_attention_property(seed, kv_choice, seq_len):
+    n_head, n_kv_head = kv_choice
+    model = random_model(seed=seed, n_head=n_head, n_kv_head=n_kv_head, d_model=8 * n_head)
+    idx = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(seed))
+    layer, head = seed % model.config.n_layer, seed % n_head
+    trace = trace_attention(model, idx, layer, head)
+    reference = kvlab.model.attention(trace.q[None, None], trace.k[None, None], trace.v[None, None])[0, 0]
+    assert torch.allclose(trace.output, reference, atol=1e-5)  # the model's output == the textbook formula
+    for t in range(1, seq_len + 1):
+        assert torch.allclose(expand_attention_step(trace, t).output, trace.output[t - 1].double(), atol=1e-5)
+
+
+def test_att1_is_v1_and_weights_sum_to_one(hello):
+    model, tokenizer = hello
+    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
+    first = expand_attention_step(trace, 1)
+    assert first.weights.tolist() == [1.0]
+    assert torch.equal(first.output, trace.v[0].double())
+    for t in range(1, trace.seq_len + 1):
+        step = expand_attention_step(trace, t)
+        assert step.weights.sum().item() == pytest.approx(1.0, abs=1e-12)
+        assert torch.allclose(step.scores, step.dots / 4.0)  # GPT-2 divides by sqrt(head_dim) = sqrt(16) = 4
+
+
+def test_trace_keys_are_what_a_cache_stores(hello):
+    """The keys the chapter prints are those that `DynamicCache` keeps, step by step."""
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hello")
+    cache = kvlab.DynamicCache()
+    with torch.no_grad():
+        for t in range(idx.shape[1]):  # decode token by token
+            model(idx[:, t:t + 1], cache)
+    for layer in range(model.config.n_layer):
+        for head in range(model.config.n_head):
+            trace = trace_attention(model, idx, layer, head)
+            assert torch.allclose(cache.keys[layer][0, trace.kv_head], trace.k, atol=1e-5)
+            assert torch.allclose(cache.values[layer][0, trace.kv_head], trace.v, atol=1e-5)
+
+
+# --- K/V rows never change as the prompt grows -------------------------------------------------------------------
+
+def test_kv_rows_unchanged_as_prompt_grows(hello):
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hello")
+    assert kv_prefix_change(model, idx) <= 1e-5  # float32: rounding only
+    assert kv_prefix_change(copy.deepcopy(model).double(), idx) <= 1e-12  # float64: the rounding shrinks with it
+
+
+def test_kv_rows_unchanged_with_grouped_query_heads():
+    model = random_model(seed=5, n_kv_head=2)
+    idx = torch.randint(0, model.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(2))
+    assert kv_prefix_change(model, idx) <= 1e-5
+
+
+def test_kv_prefix_change_detects_a_leak_from_the_future(hello):
+    """If a later token could reach earlier positions, earlier K/V would move: the check must see it."""
+    model, tokenizer = hello
+    leaky = copy.deepcopy(model)
+    leaky.blocks[0].register_forward_hook(lambda m, i, out: out + out.mean(dim=1, keepdim=True))  # mixes positions
+    assert kv_prefix_change(leaky, tokenizer.encode_batch("hello")) > 1e-2
+
+
+# --- why there is no Q cache ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer,head", [(0, 0), (1, 2), (3, 1)])
+def test_past_queries_do_not_move_the_newest_row_but_past_keys_do(hello, layer, head):
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hell")
+    T = idx.shape[1]
+    base = trace_attention(model, idx, layer, head)
+
+    def change(tensor, positions):
+        return output_change(base, trace_with_perturbation(model, idx, layer, head, tensor=tensor,
+                                                            positions=positions))
+
+    past_q = change("q", range(1, T))
+    assert past_q[-1] == 0  # exactly: row T reads no past query
+    assert past_q[1:-1].gt(0).all()  # while the rows that own those queries move
+    assert change("q", [T])[-1] > 1e-3
+    assert change("k", [1])[-1] > 1e-3
+    assert change("v", [1])[-1] > 1e-3
+    new_key = change("k", [T])
+    assert new_key[:-1].eq(0).all() and new_key[-1] > 1e-3  # the causal mask: only row T sees k_T
+    assert change("q", [1])[0] == 0 and change("k", [1])[0] == 0  # one visible key: its weight is 1 regardless
+
+
+def test_past_queries_do_not_move_the_newest_row_with_grouped_query_heads():
+    model = random_model(seed=7, n_kv_head=1)
+    idx = torch.randint(0, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(3))
+    for layer in range(model.config.n_layer):
+        for head in range(model.config.n_head):
+            base = trace_attention(model, idx, layer, head)
+            past = trace_with_perturbation(model, idx, layer, head, tensor="q", positions=range(1, 6), scale=3.0)
+            assert output_change(base, past)[-1] == 0
+            key = trace_with_perturbation(model, idx, layer, head, tensor="k", positions=[2], scale=3.0)
+            assert output_change(base, key)[-1] > 0
+
+
+def test_perturbation_is_seeded_and_lands_on_the_chosen_rows(hello):
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hell")
+    base = trace_attention(model, idx, 2, 3)
+    a = trace_with_perturbation(model, idx, 2, 3, tensor="v", positions=[2, 4], scale=0.5, seed=11)
+    b = trace_with_perturbation(model, idx, 2, 3, tensor="v", positions=[2, 4], scale=0.5, seed=11)
+    assert torch.equal(a.output, b.output)
+    moved = (a.v - base.v).abs().amax(dim=-1)
+    assert moved[[0, 2]].eq(0).all() and moved[[1, 3]].gt(0).all()
+    assert torch.equal(a.q, base.q) and torch.equal(a.k, base.k)
+
+
+# --- the cache stepper and the plots -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 2, 5, 10])
+def test_cache_step_grid_counts(T):
+    for t in range(0, T + 1):
+        for use_cache in (False, True):
+            grid = cache_step_grid(t, T, use_cache)
+            cells = [state for row in grid for state in row]
+            computed = sum(state in (3, 4, 5) for state in cells)
+            assert computed == (t if use_cache else t * (t + 1) // 2)
+            assert cells.count(1) == T * (T - 1) // 2  # the mask never changes
+            assert sum(state == 4 for state in cells) == (max(t - 1, 0) if use_cache else 0)  # keys from the cache
+
+
+@pytest.mark.parametrize("T", [1, 4, 10])
+def test_cache_step_figure_draws_every_step(T):
+    tokens = list("hello cach"[:T])
+    for t in sorted({0, 1, T // 2, T}):
+        fig = plots.plot_cache_step(t, T, tokens)
+        assert isinstance(fig, matplotlib.figure.Figure)
+        assert len(fig.axes) == 2
+        if t == 0:
+            assert all("nothing computed yet" in ax.get_title() for ax in fig.axes)
+        else:
+            assert f"{t * (t + 1) // 2} score" in fig.axes[0].get_title()
+            assert f"{t} score" in fig.axes[1].get_title()
+        plt.close(fig)
+
+
+def test_cache_step_figure_redraws_into_given_axes():
+    fig, axes = plt.subplots(1, 2)
+    plots.plot_cache_step(2, 3, axes=axes)
+    assert plots.plot_cache_step(3, 3, axes=axes) is fig
+    assert len(fig.legends) == 1
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("t,T", [(-1, 4), (5, 4), (1.0, 4), (1, 0), (True, 4)])
+def test_cache_step_rejects_bad_steps(t, T):
+    with pytest.raises(ValueError):
+        plots.plot_cache_step(t, T)
+    with pytest.raises(ValueError):
+        cache_step_grid(t, T, True)
+    plt.close("all")
+
+
+def test_cache_step_rejects_bad_tokens_and_flags():
+    with pytest.raises(ValueError, match="one entry per position"):
+        plots.plot_cache_step(1, 3, tokens=["a", "b"])
+    with pytest.raises(TypeError, match="use_cache"):
+        cache_step_grid(1, 3, use_cache=1)
+    plt.close("all")
+
+
+def test_cache_stepper_widget():
+    stepper = widgets.cache_stepper(5, list("hello"), t=0)
+    slider = stepper.children[0]
+    assert (slider.min, slider.max, slider.value) == (0, 5, 0)
+    slider.value = 5  # redraw at the largest step
+    for bad in [dict(T=0), dict(T=3, t=4), dict(T=3, t=-1), dict(T=2, tokens=list("abc"))]:
+        with pytest.raises(ValueError):
+            widgets.cache_stepper(**bad)
+    plt.close("all")
+
+
+def test_plot_attention_weights(hello):
+    model, tokenizer = hello
+    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
+    fig = plots.plot_attention_weights(trace.weights, list("hell"))
+    assert isinstance(fig, matplotlib.figure.Figure)
+    plt.close(fig)
+    for bad in [torch.ones(2, 3), torch.ones(3), torch.ones(0, 0)]:
+        with pytest.raises(ValueError, match="square"):
+            plots.plot_attention_weights(bad)
+    with pytest.raises(ValueError, match="one entry per position"):
+        plots.plot_attention_weights(trace.weights, list("he"))
+    plt.close("all")
+
+
+# --- claims the notebook prints ------------------------------------------------------------------------------------
+
+def test_notebook_claims(hello):
+    model, tokenizer = hello
+    assert tokenizer.decode(kvlab.generate(model, tokenizer.encode_batch("h"), 4)[0]) == "hello"
+    with torch.no_grad():
+        predicted = model(tokenizer.encode_batch("hell"))[0].argmax(dim=-1)
+    assert tokenizer.decode(predicted) == "ello"  # every position predicts the next letter
+    assert model.config.head_dim == 16 and math.sqrt(model.config.head_dim) == 4
+    assert model.config.d_model == 64 and model.config.n_head == 4
+    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
+    assert trace.scale == 0.25
+    long_text = tokenizer.decode(kvlab.generate(model, tokenizer.encode_batch("h"), 10)[0])
+    assert long_text == "hello cache"
+    N = len(long_text) - 1
+    totals = {c: sum(sum(s in (3, 4, 5) for row in cache_step_grid(t, N, c) for s in row) for t in range(1, N + 1))
+              for c in (False, True)}
+    assert totals == {False: N * (N + 1) * (N + 2) // 6, True: N * (N + 1) // 2} == {False: 220, True: 55}
+
+
+def test_latex_shows_the_numbers(hello):
+    model, tokenizer = hello
+    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
+    step = expand_attention_step(trace, 3)
+    latex = step.to_latex(digits=2)
+    assert "\\sqrt{16}" in latex and "/\\,4" in latex
+    for w in step.weights.tolist():
+        assert f"{w:.2f}" in latex
+    assert latex.count("\\dots") == 1  # the 16-number output is shortened
+
+
+def test_format_vectors():
+    text = format_vectors(torch.tensor([[1.234, -0.001], [-5.0, 0.5]]), ["a", "bb"], digits=2)
+    assert text.splitlines() == ["a    1.23  0.00", "bb  -5.00  0.50"]  # -0.00 is written 0.00
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+def test_trace_rejects_bad_input(hello):
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hell")
+    for bad_layer in (-1, 4, 1.0, True, None):
+        with pytest.raises(ValueError, match="layer must be an int in 0..3"):
+            trace_attention(model, idx, bad_layer, 0)
+    for bad_head in (-1, 4, "0"):
+        with pytest.raises(ValueError, match="head must be an int in 0..3"):
+            trace_attention(model, idx, 0, bad_head)
+    with pytest.raises(ValueError, match=r"\(1, seq_len\)"):
+        trace_attention(model, idx.repeat(2, 1), 0, 0)
+    with pytest.raises(ValueError, match=r"\(1, seq_len\)"):
+        trace_attention(model, idx[0], 0, 0)
+    with pytest.raises(TypeError, match="TinyGPT"):
+        trace_attention("model", idx, 0, 0)
+
+
+def test_expand_rejects_bad_input(hello):
+    model, tokenizer = hello
+    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
+    for bad_t in (0, 5, 2.0, True):
+        with pytest.raises(ValueError, match="t must be an int in 1..4"):
+            expand_attention_step(trace, bad_t)
+    with pytest.raises(TypeError, match="AttentionTrace"):
+        expand_attention_step(trace.q, 1)
+    assert isinstance(trace, AttentionTrace)
+
+
+def test_perturbation_and_helpers_reject_bad_input(hello):
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("hell")
+    kwargs = dict(tensor="q", positions=[1])
+    with pytest.raises(ValueError, match="tensor must be 'q', 'k' or 'v'"):
+        trace_with_perturbation(model, idx, 0, 0, tensor="x", positions=[1])
+    for positions in ([0], [5], [1.5]):
+        with pytest.raises(ValueError, match="each position must be an int in 1..4"):
+            trace_with_perturbation(model, idx, 0, 0, tensor="k", positions=positions)
+    with pytest.raises(ValueError, match="at least one position"):
+        trace_with_perturbation(model, idx, 0, 0, tensor="k", positions=[])
+    with pytest.raises(ValueError, match="scale must be a finite number"):
+        trace_with_perturbation(model, idx, 0, 0, scale=float("nan"), **kwargs)
+    with pytest.raises(ValueError, match="seed must be an int >= 0"):
+        trace_with_perturbation(model, idx, 0, 0, seed=-1, **kwargs)
+    with pytest.raises(ValueError, match="head must be an int"):
+        trace_with_perturbation(model, idx, 0, 9, **kwargs)
+    with pytest.raises(TypeError, match="TinyGPT"):
+        trace_with_perturbation(None, idx, 0, 0, **kwargs)
+    a = trace_attention(model, idx, 0, 0)
+    b = trace_attention(model, idx[:, :3], 0, 0)
+    with pytest.raises(ValueError, match="same shape"):
+        output_change(a, b)
+    with pytest.raises(TypeError, match="AttentionTrace"):
+        output_change(a, a.output)
+    with pytest.raises(ValueError, match="at least 2 token ids"):
+        kv_prefix_change(model, idx[:, :1])
+    with pytest.raises(TypeError, match="TinyGPT"):
+        kv_prefix_change(object(), idx)
+    with pytest.raises(ValueError, match="one label per row"):
+        format_vectors(torch.ones(2, 3), ["a"])
+    with pytest.raises(ValueError, match="digits must be an int >= 0"):
+        format_vectors(torch.ones(1, 3), ["a"], digits=-1)
+    with pytest.raises(ValueError, match="2-D"):
+        format_vectors(torch.ones(3), ["a"])
