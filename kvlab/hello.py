@@ -9,7 +9,8 @@ import torch
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
-__all__ = ["HELLO_CONFIG", "HELLO_WEIGHTS", "load_hello_model", "load_model"]
+__all__ = ["HELLO_CONFIG", "HELLO_WEIGHTS", "load_hello_model", "load_model",
+           "HELLO_KV_HEAD_WEIGHTS", "load_kv_head_model"]  # chapter 08
 
 HELLO_CONFIG = dict(n_layer=4, n_head=4, d_model=64, max_seq_len=128)  # vocab_size comes from the corpus
 HELLO_WEIGHTS = Path(__file__).parent / "data" / "hello_model.pt"
@@ -26,3 +27,23 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Ti
 def load_hello_model(device: torch.device | str = "cpu") -> tuple[TinyGPT, CharTokenizer]:
     """The shipped hello model and its tokenizer: greedy generation turns "h" into "hello"."""
     return load_model(HELLO_WEIGHTS, device)
+
+
+# --- chapter 08: the hello recipe with fewer K/V heads ---
+
+HELLO_KV_HEAD_WEIGHTS = Path(__file__).parent / "data" / "hello_kv_heads.pt"  # n_kv_head = 2 and 1
+
+
+def load_kv_head_model(n_kv_head: int, device: torch.device | str = "cpu") -> tuple[TinyGPT, CharTokenizer]:
+    """The hello recipe trained with `n_kv_head` K/V heads: 4 is the hello model, 2 grouped-query, 1 multi-query.
+
+    All three were trained the same way (`kvlab.train_hello.train_kv_head_models`); only n_kv_head differs.
+    """
+    if isinstance(n_kv_head, bool) or n_kv_head not in (4, 2, 1):
+        raise ValueError(f"n_kv_head must be 4 (the hello model), 2 or 1, got {n_kv_head!r}")
+    if n_kv_head == 4:
+        return load_hello_model(device)
+    checkpoint = torch.load(HELLO_KV_HEAD_WEIGHTS, map_location=device, weights_only=True)[n_kv_head]
+    model = TinyGPT(GPTConfig(**checkpoint["config"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), CharTokenizer(checkpoint["chars"])

@@ -401,3 +401,163 @@ def format_report(report: MemoryReport) -> str:
     if r.max_batch_size is not None:
         lines.append(f"  at seq_len {r.seq_len:,}: batch up to {r.max_batch_size:,}")
     return "\n".join(lines)
+
+
+# --- chapter 08: compressing the cache ---
+
+
+def quantized_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, n_kv_head: int, head_dim: int, bits: int,
+                             *, group_size: int, residual_length: int, float_bytes: float = 2) -> int:
+    """Bytes of a KIVI-style quantised cache (`kvlab.compressed_cache.QuantizedCache`) after `seq_len` tokens.
+
+    The cache quantises the oldest tokens in groups of `group_size` and keeps the newest `residual_length` to
+    ``residual_length + group_size - 1`` in full precision, so ``n_q = group_size · ⌊(seq_len - residual_length) /
+    group_size⌋`` tokens (0 if negative) are integers and ``n_r = seq_len - n_q`` are floats. Per layer, batch row
+    and K/V head it holds:
+
+    - keys: ``n_q · head_dim`` codes of ``bits / 8`` bytes, plus a scale and a zero point per channel and group:
+      ``2 · (n_q / group_size) · head_dim`` floats;
+    - values: the same codes, plus a scale and a zero point per token: ``2 · n_q`` floats;
+    - the residual: ``2 · n_r · head_dim`` floats (K and V).
+
+    `float_bytes` is the width of those floats (the model's dtype: 2 for fp16/bf16, 4 for fp32).
+    """
+    for name, value, minimum in (("n_layer", n_layer, 1), ("batch_size", batch_size, 0), ("seq_len", seq_len, 0),
+                                 ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
+                                 ("group_size", group_size, 1), ("residual_length", residual_length, 0)):
+        _check_int(name, value, minimum)
+    if isinstance(bits, bool) or bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if bits == 4 and head_dim % 2:
+        raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {head_dim}")
+    _check_bytes_per_elem(float_bytes)
+    n_q = group_size * (max(seq_len - residual_length, 0) // group_size)
+    n_r = seq_len - n_q
+    codes = 2 * n_q * head_dim * bits // 8  # keys and values
+    floats = 2 * (n_q // group_size) * head_dim + 2 * n_q + 2 * n_r * head_dim  # key scales, value scales, residual
+    return n_layer * batch_size * n_kv_head * (codes + _whole_bytes(floats, float_bytes))
+
+
+@dataclass(frozen=True)
+class MLAShape:
+    """The sizes of a model with multi-head latent attention (MLA, DeepSeek-AI 2024, "DeepSeek-V2", section 2.1).
+
+    MLA caches, per token and layer, one compressed latent vector ``c_KV`` of `kv_lora_rank` numbers, from which
+    every head's key and value are recomputed by matrix products (up-projections), plus one key part of
+    `rope_head_dim` numbers that carries the rotary position and is shared by all heads. Multi-head attention
+    with the same heads would cache ``2 · n_head · head_dim`` numbers per token and layer.
+    """
+
+    name: str
+    n_layer: int
+    n_head: int
+    head_dim: int  # per-head width of the keys' non-rotary part and of the values
+    kv_lora_rank: int  # d_c: width of the cached latent
+    rope_head_dim: int  # d_h^R: width of the shared rotary key part, also cached
+    source: str
+
+    def kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_elem: float = 2) -> int:
+        """MLA's cache: n_layer · batch_size · seq_len · (kv_lora_rank + rope_head_dim) · bytes_per_elem."""
+        return mla_kv_cache_bytes(self.n_layer, batch_size, seq_len, self.kv_lora_rank, self.rope_head_dim,
+                                  bytes_per_elem)
+
+    def mha_kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_elem: float = 2) -> int:
+        """The same heads with an ordinary multi-head cache: 2 · n_layer · batch_size · seq_len · n_head · head_dim · bytes."""
+        return kv_cache_bytes(self.n_layer, batch_size, seq_len, self.n_head * self.head_dim, bytes_per_elem)
+
+
+def mla_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, kv_lora_rank: int, rope_head_dim: int,
+                       bytes_per_elem: float = 2) -> int:
+    """Bytes of an MLA latent cache: n_layer · batch_size · seq_len · (kv_lora_rank + rope_head_dim) · bytes_per_elem.
+
+    No factor 2 and no heads: one latent per token and layer stands for the keys and the values of all heads
+    (DeepSeek-V2, Table 1: (d_c + d_h^R) · l numbers per token).
+    """
+    for name, value, minimum in (("n_layer", n_layer, 1), ("batch_size", batch_size, 0), ("seq_len", seq_len, 0),
+                                 ("kv_lora_rank", kv_lora_rank, 1), ("rope_head_dim", rope_head_dim, 0)):
+        _check_int(name, value, minimum)
+    _check_bytes_per_elem(bytes_per_elem)
+    return _whole_bytes(n_layer * batch_size * seq_len * (kv_lora_rank + rope_head_dim), bytes_per_elem)
+
+
+DEEPSEEK_V2 = MLAShape("DeepSeek-V2", n_layer=60, n_head=128, head_dim=128, kv_lora_rank=512, rope_head_dim=64,
+                       source="DeepSeek-AI 2024 (DeepSeek-V2), section 2.1 and Table 1; "
+                              "deepseek-ai/DeepSeek-V2 config.json")
+
+
+# --- chapter 09: serving many requests ---
+
+
+def _check_lengths(lengths: object) -> list[int]:
+    if not isinstance(lengths, (list, tuple)):
+        raise TypeError(f"lengths must be a list of token counts, got {lengths!r} ({type(lengths).__name__})")
+    for length in lengths:
+        _check_int("each length", length, 0)
+    return list(lengths)
+
+
+def blocks_needed(n_tokens: int, block_size: int) -> int:
+    """Blocks of `block_size` tokens that hold `n_tokens` tokens: ceil(n_tokens / block_size)."""
+    _check_int("n_tokens", n_tokens, 0)
+    _check_int("block_size", block_size, 1)
+    return -(-n_tokens // block_size)
+
+
+def contiguous_reserved_tokens(lengths: list[int], max_len: int) -> int:
+    """Token slots reserved when each sequence gets one contiguous buffer of `max_len` tokens up front.
+
+    A server that cannot grow a buffer in place must reserve, for every request, room for the longest answer it
+    allows; a request of L tokens leaves max_len - L slots reserved but unused.
+    """
+    lengths = _check_lengths(lengths)
+    _check_int("max_len", max_len, 1)
+    if lengths and max(lengths) > max_len:
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit max_len={max_len}")
+    return len(lengths) * max_len
+
+
+def paged_reserved_tokens(lengths: list[int], block_size: int, shared_prefix: int = 0) -> int:
+    """Token slots in the blocks a paged cache holds for sequences of these lengths: Σ ceil(L / bs) · bs.
+
+    With `shared_prefix` = P > 0, every sequence begins with the same P tokens, stored once by a prefix cache that
+    stays alive: its ceil(P / bs) blocks count once, and each longer sequence adds the blocks from floor(P / bs)
+    on, ceil(L / bs) - floor(P / bs) of them (a partly filled last prefix block is copied when the sequence first
+    writes into it: copy-on-write). A sequence of exactly P tokens adds none.
+    """
+    lengths = _check_lengths(lengths)
+    _check_int("block_size", block_size, 1)
+    _check_int("shared_prefix", shared_prefix, 0)
+    if shared_prefix and lengths and min(lengths) < shared_prefix:
+        raise ValueError(f"every sequence must be at least shared_prefix={shared_prefix} tokens long, "
+                         f"got one of {min(lengths)}")
+    if shared_prefix == 0:
+        return sum(blocks_needed(n, block_size) for n in lengths) * block_size
+    full_prefix_blocks = shared_prefix // block_size
+    own = sum(blocks_needed(n, block_size) - full_prefix_blocks for n in lengths if n > shared_prefix)
+    return (blocks_needed(shared_prefix, block_size) + own) * block_size
+
+
+def kv_cache_bytes_per_device(
+    n_layer: int,
+    batch_size: int,
+    seq_len: int,
+    hidden_size: int,
+    bytes_per_elem: float = 2,
+    *,
+    n_head: int,
+    n_kv_head: int | None = None,
+    tp: int,
+) -> int:
+    """KV-cache bytes on each of `tp` devices when tensor parallelism splits the attention heads among them.
+
+    Megatron-style tensor parallelism (Shoeybi et al. 2019) gives each device n_kv_head / tp whole K/V heads, so
+    each caches `kv_cache_bytes(...) / tp`. `tp` must divide n_kv_head (servers that go further replicate K/V
+    heads, which this function does not model).
+    """
+    _check_int("tp", tp, 1)
+    heads = n_head if n_kv_head is None else n_kv_head
+    total = kv_cache_bytes(n_layer, batch_size, seq_len, hidden_size, bytes_per_elem, n_head=n_head,
+                           n_kv_head=n_kv_head)
+    if heads % tp:
+        raise ValueError(f"tp={tp} does not divide n_kv_head={heads}: each device must hold whole K/V heads")
+    return total // tp

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from .cache import Cache
 
-__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "attention", "causal_mask"]
+__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "attention", "causal_mask",
+           "padding_mask"]
 
 
 @dataclass
@@ -58,6 +59,22 @@ def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None)
     return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=past)
 
 
+def padding_mask(attention_mask: torch.Tensor, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (B, n_new) and attention mask (B, 1, n_new, S) for rows padded to one length (chapter 9).
+
+    `attention_mask` (B, S) covers all S = cached + new tokens: 1 for a real token, 0 for padding. A token's
+    position counts only the real tokens before it, and a query sees its causal past minus the padding, so each
+    row computes what it would compute alone. A padding query also sees itself: with left padding it has no real
+    key at all, and a softmax over nothing but -inf is NaN, which would reach the real tokens as 0 · NaN = NaN.
+    """
+    real = attention_mask.bool()  # (B, S)
+    S = real.shape[1]
+    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)[:, S - n_new:]  # (B, T): padding does not count
+    itself = torch.arange(S, device=real.device) == torch.arange(S - n_new, S, device=real.device)[:, None]
+    mask = (causal_mask(n_new, S, real.device) & real[:, None, :]) | itself  # (B, T, S)
+    return positions, mask[:, None]  # (B, 1, T, S): the same for every head
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q kᵀ / √d) v with a causal mask, written out; the model uses PyTorch's fused version of the same."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T_new, T_all)
@@ -77,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.split_sizes = (config.d_model, kv_dim, kv_dim)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -88,13 +105,15 @@ class CausalSelfAttention(nn.Module):
         if self.n_kv_head != self.n_head:  # grouped-query: each K/V head serves n_head // n_kv_head query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        y = self._attend(q, k, v)  # (B, H, T, D)
+        y = self._attend(q, k, v, mask)  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     @staticmethod
-    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Fused attention; the mask is only needed when several new queries meet cached keys."""
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Fused attention; the mask is only needed when several new queries meet cached keys, or rows are padded."""
         T, S = q.shape[-2], k.shape[-2]
+        if mask is not None:  # a padded batch: `padding_mask` built it, (B, 1, T, S)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if T == 1:  # decode: the one new token may look at everything
             return F.scaled_dot_product_attention(q, k, v)
         if T == S:  # no past: the ordinary lower-triangular mask
@@ -124,8 +143,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -149,21 +168,26 @@ class TinyGPT(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (B, T) -> next-token logits (B, T, vocab_size).
 
         With a cache, `idx` holds only the tokens the cache has not seen; they are placed after the cached ones.
-        The same call does prefill (T > 1) and decode (T = 1).
+        The same call does prefill (T > 1) and decode (T = 1). `attention_mask` (B, cached + T), 1 for real tokens
+        and 0 for padding (Hugging Face's convention), lets rows of different lengths share a batch (chapter 9).
         """
         past = cache.get_seq_length() if cache is not None else 0
-        self._check_input(idx, past)
-        positions = torch.arange(past, past + idx.shape[1], device=idx.device)
+        self._check_input(idx, past, attention_mask)
+        if attention_mask is None:
+            positions, mask = torch.arange(past, past + idx.shape[1], device=idx.device), None
+        else:  # padded rows: per-row positions, and a mask that hides the padding
+            positions, mask = padding_mask(attention_mask, idx.shape[1])
         x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, mask)
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
-    def _check_input(self, idx: torch.Tensor, past: int) -> None:
+    def _check_input(self, idx: torch.Tensor, past: int, attention_mask: torch.Tensor | None = None) -> None:
         """Clear errors for the mistakes an embedding lookup would report cryptically (or not at all)."""
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
@@ -178,6 +202,16 @@ class TinyGPT(nn.Module):
         if low < 0 or high >= self.config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"token id {bad} is out of range: ids must be in 0..{self.config.vocab_size - 1}")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor):
+                raise TypeError(f"attention_mask must be a torch.Tensor of 1s and 0s, "
+                                f"got {type(attention_mask).__name__}")
+            expected = (idx.shape[0], past + idx.shape[1])
+            if tuple(attention_mask.shape) != expected:
+                raise ValueError(f"attention_mask must have shape (batch, cached + new) = {expected}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+                raise ValueError("attention_mask must hold only 1 (real token) and 0 (padding)")
 
     @property
     def n_params(self) -> int:

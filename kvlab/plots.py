@@ -20,6 +20,9 @@ __all__: list[str] = [
     "plot_intensity", "plot_roofline", "plot_ttft_tpot", "plot_batch_sweep",
     "plot_positions_per_step", "plot_step_times", "plot_throughput",
     "plot_cost_vs_length", "plot_cache_speedup", "plot_cost_split",
+    "plot_paging_waste",  # chapter 09
+    "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 08
+    "plot_benchmark",  # benchmarks
 ]
 
 
@@ -653,4 +656,262 @@ def plot_cost_split(step_lengths, step: dict, total_lengths, total: dict, *, t_s
         axes[0].axvline(float(t_star), color="0.3", lw=1, label=f"t* = {float(t_star):,.0f}")
     axes[0].legend(fontsize=7)
     fig.suptitle(title or "Dense matmuls and attention, with and without a KV cache")
+    return fig
+
+
+# --- chapter 09: serving many requests ---
+
+
+def plot_paging_waste(block_sizes, paged_bytes, contiguous_bytes: int, formula_bytes=None, ax=None,
+                      title: str | None = None):
+    """Reserved-but-unused cache bytes against the block size of a paged cache, with contiguous buffers as a line.
+
+    `paged_bytes` (measured) and `formula_bytes` (optional, drawn as a line) hold one byte count per block size;
+    `contiguous_bytes` is the waste of one `max_len` buffer per request, which does not depend on the block size.
+    """
+    block_sizes, paged_bytes = list(block_sizes), list(paged_bytes)
+    series = {"paged_bytes": paged_bytes} | ({} if formula_bytes is None else {"formula_bytes": list(formula_bytes)})
+    for name, values in series.items():
+        if len(values) != len(block_sizes):
+            raise ValueError(f"{name} has {len(values)} values for {len(block_sizes)} block sizes")
+        if any(not isinstance(v, (int, float)) or v < 0 for v in values):
+            raise ValueError(f"{name} must hold byte counts >= 0, got {values!r}")
+    if not block_sizes or any(not isinstance(b, int) or b < 1 for b in block_sizes):
+        raise ValueError(f"block_sizes must be ints >= 1 (a log axis), got {block_sizes!r}")
+    if not isinstance(contiguous_bytes, (int, float)) or contiguous_bytes < 0:
+        raise ValueError(f"contiguous_bytes must be a byte count >= 0, got {contiguous_bytes!r}")
+    fig, ax = _axes(ax)
+    kib = 1024
+    ax.axhline(contiguous_bytes / kib, color="C3", label="contiguous: one max_len buffer per request")
+    if formula_bytes is not None:
+        ax.plot(block_sizes, [b / kib for b in formula_bytes], "-", color="C0", alpha=0.6, label="paged: formula")
+    ax.plot(block_sizes, [b / kib for b in paged_bytes], "o", color="C0", label="paged: measured (PagedCache)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(block_sizes)
+    _plain_log2_ticks(ax)
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("block size (tokens per block)")
+    ax.set_ylabel("reserved but unused cache (KiB)")
+    ax.set_title(title or "Paging wastes less than one block per request")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="center left")
+    return fig
+
+
+# --- chapter 08: compressing the cache ---
+
+_QUALITY_METRICS = {
+    "cross_entropy": ("held-out cross-entropy (nats per token)", "cross_entropy"),
+    "top1_agreement": ("top-1 agreement with the full cache (%)", "top1_agreement"),
+}
+
+
+def plot_quality_vs_budget(budgets, reports_by_label: dict, metric: str = "cross_entropy", ax=None,
+                           title: str | None = None):
+    """Quality of eviction caches against the tokens they may keep: one line per strategy.
+
+    `reports_by_label` maps a strategy's name to one `kvlab.quality.QualityReport` per budget in `budgets`. With
+    ``metric="cross_entropy"`` the full cache's cross-entropy is drawn as a dashed line: the floor every strategy
+    approaches as its budget grows.
+    """
+    if metric not in _QUALITY_METRICS:
+        raise ValueError(f"metric must be one of {', '.join(_QUALITY_METRICS)}, got {metric!r}")
+    budgets = list(budgets)
+    if not budgets or not isinstance(reports_by_label, dict) or not reports_by_label:
+        raise ValueError("need at least one budget and a non-empty dict {label: [QualityReport per budget]}")
+    for label, reports in reports_by_label.items():
+        if len(reports) != len(budgets):
+            raise ValueError(f"{label!r}: {len(reports)} reports for {len(budgets)} budgets")
+    ylabel, field = _QUALITY_METRICS[metric]
+    scale = 100 if metric == "top1_agreement" else 1
+    fig, ax = _axes(ax)
+    for label, reports in reports_by_label.items():
+        ax.plot(budgets, [getattr(r, field) * scale for r in reports], "o-", label=label)
+    if metric == "cross_entropy":
+        full = next(iter(reports_by_label.values()))[0].full_cross_entropy
+        ax.axhline(full, color="black", linestyle="--", label=f"full cache ({full:.3f})")
+        ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("tokens kept per layer and head (budget)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Quality against the number of tokens kept")
+    ax.legend()
+    return fig
+
+
+def plot_bytes_per_step(bytes_by_label: dict, first: int = 1, ax=None, title: str | None = None):
+    """Bytes a cache holds after each model call of a generation: a full cache grows, an evicting one levels off.
+
+    `bytes_by_label` maps a cache's name to its ``nbytes`` after each call (`kvlab.quality.generate_with_memory`);
+    the first call has fed `first` tokens (the prompt), each later one one more, which is the x axis.
+    """
+    if not isinstance(bytes_by_label, dict) or not bytes_by_label:
+        raise ValueError("bytes_by_label must be a non-empty dict {label: [bytes after each step]}")
+    if isinstance(first, bool) or not isinstance(first, int) or first < 1:
+        raise ValueError(f"first must be an int >= 1 (tokens fed by the first call), got {first!r}")
+    fig, ax = _axes(ax)
+    for label, values in bytes_by_label.items():
+        values = list(values)
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            raise ValueError(f"{label!r}: need a non-empty list of byte counts (ints >= 0)")
+        ax.plot(range(first, first + len(values)), [v / 1024 for v in values], label=label)
+    ax.set_xlabel("tokens seen by the cache")
+    ax.set_ylabel("bytes held by the cache (KiB)")
+    ax.set_ylim(0, None)
+    ax.set_title(title or "Memory held during generation")
+    ax.legend()
+    return fig
+
+
+def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
+    """Caches as points: bytes held (share of the full cache) against cross-entropy lost; down and left is better.
+
+    `series` maps a family's name (one colour and legend entry) to a list of ``(label, QualityReport)`` pairs;
+    each point is annotated with its label unless the label is empty. The y axis is symmetric-log, linear below
+    0.001 nats, so that losses of 0.001 and of 1 nat both show.
+    """
+    if not isinstance(series, dict) or not series:
+        raise ValueError("series must be a non-empty dict {family: [(label, QualityReport), ...]}")
+    fig, ax = _axes(ax, figsize=(7.2, 4.4))
+    highest = 1e-3
+    for name, points in series.items():
+        points = list(points)
+        if not points:
+            raise ValueError(f"{name!r}: need at least one (label, QualityReport) pair")
+        for pair in points:
+            report = pair[1] if isinstance(pair, tuple) and len(pair) == 2 else None
+            if not all(hasattr(report, a) for a in ("memory_ratio", "cross_entropy_increase")):
+                raise TypeError(f"{name!r}: expected (label, kvlab.quality.QualityReport) pairs, got {pair!r}")
+        xs = [report.memory_ratio * 100 for _, report in points]
+        ys = [report.cross_entropy_increase for _, report in points]
+        (line,) = ax.plot(xs, ys, "o", label=name)
+        highest = max(highest, *ys)
+        for i, ((label, _), x, y) in enumerate(zip(points, xs, ys)):
+            if label:  # alternately above and below the point, so that neighbours' labels do not collide
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 if i % 2 == 0 else -11),
+                            fontsize=8, color=line.get_color())
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(-1e-3, 3 * highest)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("bytes held, % of the full fp32 cache")
+    ax.set_ylabel("cross-entropy increase (nats per token)")
+    ax.set_title(title or "Memory saved against quality lost")
+    ax.legend(loc="upper right")
+    return fig
+
+
+# --- benchmarks: kvlab bench ---
+
+
+def _plain_log_y(ax) -> None:
+    """Label a log y axis 4, 6, 10, 20 rather than 4×10⁰, 6×10⁰, 10¹, 2×10¹ (minor ticks too)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def plot_benchmark(results: dict, axes=None):
+    """The five figures of one `kvlab bench` run (`kvlab.benchmark.run_benchmarks`, or its JSON loaded), in six panels.
+
+    Top: the cache speed-up against T (log-log), kvlab ÷ transformers in both regimes, decode latency near and far
+    into the sequence. Bottom: decode bandwidth against the machine's two ceilings, then the batch sweep's
+    throughput and time per step. Every panel is a ratio or a time from the same run; dashed lines are the targets.
+    """
+    needed = ("speedup_by_T", "vs_transformers_cached", "vs_transformers_uncached", "static_latency_ratio",
+              "batch_sweep", "details", "machine")
+    if not isinstance(results, dict) or any(key not in results for key in needed):
+        raise TypeError("results must be the dict kvlab.benchmark.run_benchmarks returns (or its JSON, loaded)")
+    if axes is None:
+        fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.2), dpi=80, layout="constrained")
+    axes = [ax for row in axes for ax in row] if hasattr(axes[0], "__len__") else list(axes)
+    fig = axes[0].figure
+    details, m = results["details"], results["machine"]
+    threads = m["torch_threads"]
+    cores = m.get("cpus_available") or m["cpu_count"]
+    fig.suptitle(f"kvlab bench ({results['plan']['name']}): {m['cpu']}, {cores} cores, torch {m['torch']}, "
+                 f"{threads} thread{'s' * (threads != 1)}, float32")
+
+    ax = axes[0]  # figure 1
+    lengths = [int(t) for t in results["speedup_by_T"]]
+    speedups = list(results["speedup_by_T"].values())
+    ax.plot(lengths, speedups, "o-", color="C0", label="measured")
+    ax.axhline(10, color="tab:red", linestyle="--", label="target: 10×")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _plain_log2_ticks(ax)
+    _plain_log_y(ax)
+    ax.set_xlabel("new tokens T (after a 16-token prompt)")
+    ax.set_ylabel("cached ÷ uncached tokens/s")
+    ax.set_title(f"1. The cache: {speedups[-1]:.0f}× faster at T = {lengths[-1]}")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]  # figure 2
+    regimes = [("small", "4 × 128"), ("gpt2", "GPT-2-small shape")]
+    if results["vs_transformers_cached"] is None:
+        ax.text(0.5, 0.5, "transformers not installed:\nnot measured", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        for offset, (key, label, color) in enumerate((("vs_transformers_cached", "with cache", "C0"),
+                                                      ("vs_transformers_uncached", "without cache", "C7"))):
+            values = [results[key][regime] for regime, _ in regimes]
+            bars = ax.bar([i + 0.38 * offset for i in range(2)], values, width=0.36, color=color, label=label)
+            ax.bar_label(bars, fmt="%.2f×", fontsize=8)
+        for i, target in enumerate((2.5, 1.0)):
+            ax.hlines(target, i - 0.2, i + 0.2, color="tab:red", linestyle="--",
+                      label="target (cached)" if i == 0 else None)
+        ax.axhline(1, color="black", linewidth=0.8)
+        ax.legend(fontsize=8)
+    ax.set_xticks([0.19, 1.19], [label for _, label in regimes])
+    ax.set_ylabel("kvlab ÷ transformers tokens/s")
+    ax.set_title("2. kvlab vs transformers, same weights, same tokens")
+
+    ax = axes[2]  # figure 3
+    f3 = details["figure3"]
+    near, far = f3["near"], f3["far"]
+    for offset, (kind, color) in enumerate((("static", "C0"), ("dynamic", "C1"))):
+        ms = [f3[f"{kind}_{p}_s"] * 1e3 for p in (near, far)]
+        bars = ax.bar([i + 0.38 * offset for i in range(2)], ms, width=0.36, color=color,
+                      label=f"{kind.capitalize()}Cache")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks([0.19, 1.19], [f"{near} tokens cached", f"{far} tokens cached"])
+    ax.set_ylabel("time per decode step (ms)")
+    ax.set_title(f"3. Far ÷ near: static ×{results['static_latency_ratio']:.2f}, "
+                 f"dynamic ×{results['dynamic_latency_ratio']:.2f}")
+    ax.legend(fontsize=8, loc="lower right")
+
+    ax = axes[3]  # figure 4
+    f4 = details["figure4"]
+    labels = ["read bandwidth\n(sum of 1 GiB)", "kernel floor\n(matmuls only)", "full decode step"]
+    rates = [f4["read_bandwidth_bytes_per_s"] / 1e9, f4["kernel_floor_bytes_per_s"] / 1e9,
+             f4["decode_bytes_per_s"] / 1e9]
+    bars = ax.barh(labels[::-1], rates[::-1], color=["C0", "C7", "C2"][::-1])
+    ax.bar_label(bars, fmt="%.1f GB/s", fontsize=8)
+    ax.set_xlabel("weight bytes read per second (GB/s)")
+    ax.set_xlim(0, max(rates) * 1.3)
+    ax.set_title(f"4. Decode at {results['kernel_floor_fraction']:.0%} of the kernel floor, "
+                 f"{results['bandwidth_fraction']:.0%} of bandwidth")
+
+    sweep = results["batch_sweep"]
+    batches = [row["batch_size"] for row in sweep]
+    for ax, key, scale, ylabel, color in ((axes[4], "tokens_per_s", 1, "decode throughput (tokens/s, all rows)", "C0"),
+                                          (axes[5], "latency_s", 1e3, "time per decode step (ms)", "C1")):
+        values = [row[key] * scale for row in sweep]
+        ax.plot(batches, values, "o-", color=color)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        _plain_log2_ticks(ax)
+        _plain_log_y(ax)
+        ax.set_xlabel("batch size B (GPT-2-small shape)")
+        ax.set_ylabel(ylabel)
+    gain = sweep[-1]["tokens_per_s"] / sweep[0]["tokens_per_s"]
+    slower = sweep[-1]["latency_s"] / sweep[0]["latency_s"]
+    axes[4].set_title(f"5. Batch {batches[-1]}: ×{gain:.1f} tokens/s ...")
+    axes[5].set_title(f"... for ×{slower:.1f} time per step")
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
     return fig

@@ -20,7 +20,8 @@ from .hello import HELLO_CONFIG, HELLO_WEIGHTS
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
-__all__ = ["train_hello_model", "save_model", "main"]
+__all__ = ["train_hello_model", "save_model", "main",
+           "mean_pool_kv_heads", "train_kv_head_models", "save_kv_head_models"]  # chapter 08
 
 
 def _line_start_windows(data: torch.Tensor, newline_id: int, block: int) -> torch.Tensor:
@@ -66,15 +67,83 @@ def save_model(model: TinyGPT, tokenizer: CharTokenizer, path: str | Path) -> No
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Retrain the shipped hello model, or with ``--kv-heads`` its GQA/MQA siblings of chapter 08."""
+    from .hello import HELLO_KV_HEAD_WEIGHTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HELLO_WEIGHTS, help="where to write the weights")
+    parser.add_argument("--kv-heads", action="store_true",
+                        help="train the n_kv_head = 2 and 1 models of chapter 08 instead of the hello model")
+    parser.add_argument("--out", type=Path, help="where to write the weights (default: the shipped file)")
     parser.add_argument("--steps", type=int, default=600)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    model, tokenizer = train_hello_model(steps=args.steps)
-    save_model(model, tokenizer, args.out)
-    print(f"trained {model.n_params:,} parameters in {time.perf_counter() - start:.1f} s "
-          f"on {torch.get_num_threads()} threads; wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    if args.kv_heads:
+        out = args.out or HELLO_KV_HEAD_WEIGHTS
+        models = train_kv_head_models(steps=args.steps)
+        save_kv_head_models(models, out)
+        what = f"n_kv_head = {', '.join(map(str, models))}"
+    else:
+        out = args.out or HELLO_WEIGHTS
+        model, tokenizer = train_hello_model(steps=args.steps)
+        save_model(model, tokenizer, out)
+        what = f"{model.n_params:,} parameters"
+    print(f"trained {what} in {time.perf_counter() - start:.1f} s on {torch.get_num_threads()} threads; "
+          f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
+# --- chapter 08: fewer K/V heads (GQA and MQA) ---
+
+
+def mean_pool_kv_heads(model: TinyGPT, n_kv_head: int) -> TinyGPT:
+    """Convert a multi-head model to `n_kv_head` K/V heads by averaging the K and V projections of each group.
+
+    This is how Ainslie et al. (2023, "GQA") turn a multi-head checkpoint into a grouped-query one before
+    "uptraining" it: the key (and value) projection of each new K/V head is the mean of those of the
+    ``n_head / n_kv_head`` heads it replaces. Without further training the model loses quality, because the heads
+    of a group did not compute the same keys; the chapter measures how much.
+    """
+    if not isinstance(model, TinyGPT):
+        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    old = model.config
+    if old.n_kv_head != old.n_head:
+        raise ValueError(f"model must be multi-head (n_kv_head == n_head), got n_kv_head={old.n_kv_head}, "
+                         f"n_head={old.n_head}")
+    if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1 or old.n_head % n_kv_head:
+        divisors = [h for h in range(1, old.n_head + 1) if old.n_head % h == 0]
+        raise ValueError(f"n_kv_head must divide n_head={old.n_head} (one of {divisors}), got {n_kv_head!r}")
+    config = GPTConfig(**{**asdict(old), "n_kv_head": n_kv_head})
+    group, D, C = old.n_head // n_kv_head, old.head_dim, old.d_model
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    for i in range(old.n_layer):
+        for kind in ("weight", "bias"):
+            name = f"blocks.{i}.attn.qkv.{kind}"
+            q, k, v = state[name].split(C, dim=0)  # rows: (C, ...) each, heads stacked by D rows
+            pool = lambda t: t.reshape(n_kv_head, group, D, *t.shape[1:]).mean(dim=1).reshape(n_kv_head * D, *t.shape[1:])
+            state[name] = torch.cat([q, pool(k), pool(v)], dim=0)
+    pooled = TinyGPT(config)
+    pooled.load_state_dict(state)
+    return pooled.to(next(model.parameters()).device).eval()
+
+
+def train_kv_head_models(n_kv_heads: tuple[int, ...] = (2, 1), steps: int = 600, seed: int = 0,
+                         log_every: int = 0) -> dict[int, tuple[TinyGPT, CharTokenizer]]:
+    """The hello model's recipe (corpus, sizes, steps, seed) with fewer K/V heads: only n_kv_head differs.
+
+    Each model is trained from scratch, as the hello model was, so the comparison with it isolates n_kv_head (and
+    the parameters that go with it). About half a minute per model on 2 CPU cores.
+    """
+    vocab_size = CharTokenizer.from_text("\n".join(make_corpus(seed=seed)) + "\n").vocab_size
+    models = {}
+    for n_kv_head in n_kv_heads:
+        config = GPTConfig(vocab_size=vocab_size, n_kv_head=n_kv_head, **HELLO_CONFIG)
+        models[n_kv_head] = train_hello_model(steps=steps, seed=seed, config=config, log_every=log_every)
+    return models
+
+
+def save_kv_head_models(models: dict[int, tuple[TinyGPT, CharTokenizer]], path: str | Path) -> None:
+    """All models in one file, keyed by n_kv_head, each stored as `save_model` stores one."""
+    torch.save({n: {"config": asdict(m.config), "chars": t.chars, "state_dict": m.state_dict()}
+                for n, (m, t) in models.items()}, path)
 
 
 if __name__ == "__main__":
