@@ -3,6 +3,7 @@
     kvlab memory --preset gpt3-175b --batch 16 --seq-len 1024 --dtype fp16
     kvlab generate --prompt h [--no-cache]
     kvlab info
+    kvlab bench [--quick] [--out benchmarks/results/latest.json]
 
 A mistake in the arguments prints one line and exits with status 2, never a traceback.
 """
@@ -51,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-cache", action="store_true", help="recompute every position at every step")
 
     commands.add_parser("info", help="versions, device and threads")
+
+    # --- benchmarks: the course's speed claims side by side (kvlab.benchmark) ---
+    bench = commands.add_parser("bench", help="measure the course's speed figures in one run: table, JSON, plot")
+    bench.add_argument("--quick", action="store_true", help="shorter runs and fewer repeats (under 30 s; CI runs it)")
+    bench.add_argument("--out", help="JSON file to write (default: benchmarks/results/latest.json, or "
+                                     "benchmarks/results/quick.json with --quick)")
+    bench.add_argument("--plot", help="PNG file to write (default: the JSON's path with .png)")
+    bench.add_argument("--no-plot", action="store_true", help="write no PNG")
+    bench.add_argument("--threads", type=int, default=1, help="torch CPU threads for the whole run (default 1)")
+    bench.add_argument("--no-transformers", action="store_true", help="skip figure 2 (kvlab vs transformers)")
     return parser
 
 
@@ -115,11 +126,42 @@ def _info(args: argparse.Namespace) -> str:
             f"device: {device}; CPU threads: {torch.get_num_threads()}")
 
 
+def _bench(args: argparse.Namespace) -> str:
+    """`kvlab bench`: run `kvlab.benchmark.run_benchmarks`, write the JSON (and a PNG), return the table."""
+    from pathlib import Path
+
+    from . import benchmark
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    plan = "quick" if args.quick else "default"
+    out = Path(args.out or (benchmark.DEFAULT_OUT if plan == "default" else "benchmarks/results/quick.json"))
+    if out.suffix != ".json":
+        raise ValueError(f"--out must name a .json file, got {str(out)!r}")
+    plot = None if args.no_plot else Path(args.plot or out.with_suffix(".png"))
+    if plot is not None and plot.suffix != ".png":
+        raise ValueError(f"--plot must name a .png file, got {str(plot)!r}")
+    results = benchmark.run_benchmarks(plan, threads=args.threads, progress=True,
+                                       with_transformers=False if args.no_transformers else None)
+    written = [benchmark.save_results(results, out)]
+    if plot is not None:
+        import matplotlib.pyplot as plt
+
+        from . import plots
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure = plots.plot_benchmark(results)
+        figure.savefig(plot)
+        plt.close(figure)
+        written.append(str(plot))
+    return f"{benchmark.format_table(results)}\n{benchmark.closing_note(results)}\nwrote {', '.join(written)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kvlab` console script; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        print({"memory": _memory, "generate": _generate, "info": _info}[args.command](args))
+        print({"memory": _memory, "generate": _generate, "info": _info, "bench": _bench}[args.command](args))
     except (_UsageError, ValueError, TypeError) as error:
         print(f"kvlab: error: {error}", file=sys.stderr)
         return 2
