@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ import kvlab  # noqa: E402
 from kvlab import memory, plots, widgets  # noqa: E402
 from kvlab.cli import main  # noqa: E402
 from kvlab.memory import GIB, kv_cache_bytes  # noqa: E402
+from conftest import assert_printed_above, notebook_cells, printed_text  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_kv_cache_memory.ipynb"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -156,31 +156,13 @@ CLAIMS = [
 ]
 
 
-def _cells():
-    return json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-
-
-def _printed(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        text = out.get("text", out.get("data", {}).get("text/plain", ""))
-        parts.append("".join(text) if isinstance(text, list) else text)
-    return "".join(parts)
-
-
 @pytest.mark.parametrize(("prose", "printed"), CLAIMS)
 def test_notebook_prints_each_claim_above_the_prose(prose, printed):
-    cells = _cells()
-    where = [i for i, c in enumerate(cells)
-             if c["cell_type"] == "markdown" and prose in " ".join("".join(c["source"]).split())]
-    assert where, f"claim {prose!r} is no longer in the chapter's prose"
-    above = "".join(_printed(c) for c in cells[:where[0]] if c["cell_type"] == "code")
-    found = printed.search(above) if isinstance(printed, re.Pattern) else printed in above
-    assert found, f"no code cell above the claim {prose!r} prints {printed!r}"
+    assert_printed_above(NOTEBOOK, prose, printed)
 
 
 def test_notebook_prints_the_seed_example_and_the_checks():
-    printed = "".join(_printed(c) for c in _cells() if c["cell_type"] == "code")
+    printed = "".join(printed_text(c) for c in notebook_cells(NOTEBOOK) if c["cell_type"] == "code")
     assert f"{2 * 96 * 16 * 1024 * 12288 * 2:,} bytes" in printed  # 77,309,411,328
     assert "format_bytes: 72.0 GiB (77.3 GB)" in printed
     assert "all equal: True" in printed and "False" not in printed.split("all equal")[0]

@@ -7,7 +7,6 @@ cache or the model changed.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -31,7 +30,7 @@ from kvlab.corpus import make_corpus  # noqa: E402
 from kvlab.hello import HELLO_CONFIG, HELLO_KV_HEAD_WEIGHTS, load_kv_head_model  # noqa: E402
 from kvlab.train_hello import mean_pool_kv_heads, save_kv_head_models, train_kv_head_models  # noqa: E402
 
-from conftest import random_model  # noqa: E402
+from conftest import assert_printed_above, random_model  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_compressing_the_cache.ipynb"
 
@@ -762,26 +761,9 @@ CLAIMS = [
 ]
 
 
-def _cells():
-    return json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-
-
-def _printed(cell) -> str:
-    parts = []
-    for out in cell.get("outputs", []):
-        text = out.get("text", out.get("data", {}).get("text/plain", ""))
-        parts.append("".join(text) if isinstance(text, list) else text)
-    return "".join(parts)
-
-
 @pytest.mark.parametrize(("prose", "printed"), CLAIMS)
 def test_notebook_prints_each_claim_above_the_prose(prose, printed):
-    cells = _cells()
-    where = [i for i, c in enumerate(cells)
-             if c["cell_type"] == "markdown" and prose in " ".join("".join(c["source"]).split())]
-    assert where, f"claim {prose!r} is no longer in the chapter's prose"
-    above = "".join(_printed(c) for c in cells[:where[0]] if c["cell_type"] == "code")
-    assert printed in above, f"no code cell above the claim {prose!r} prints {printed!r}"
+    assert_printed_above(NOTEBOOK, prose, printed)
 
 
 # --- on a GPU (skipped without CUDA) ------------------------------------------------------------------------------
