@@ -10,20 +10,25 @@ __all__ = ["show_source", "check_answer"]
 def show_source(obj, start: str | None = None, stop: str | None = None):
     """Render the source of a kvlab function or class, highlighted, so a chapter shows the code it runs.
 
-    `start`/`stop` cut the listing to the lines from the first containing `start` up to the first after it containing
-    `stop` (inclusive), to focus on the part a chapter is about.
+    `start`/`stop` cut the listing to the lines from the first containing `start` (default: the first line) up to the
+    first after it containing `stop` (inclusive; default: the last line), to focus on the part a chapter is about.
     """
     from IPython.display import Markdown  # only notebooks need IPython
 
     lines = inspect.getsource(obj).splitlines()
-    if start is not None:
-        first = next((i for i, line in enumerate(lines) if start in line), None)
-        if first is None:
-            raise ValueError(f"{start!r} does not occur in the source of {obj.__qualname__}")
-        last = next((i for i, line in enumerate(lines[first:], first) if stop and stop in line), len(lines) - 1)
-        lines = lines[first:last + 1]
+    first = _line_containing(lines, start, 0, obj) if start is not None else 0
+    last = _line_containing(lines, stop, first, obj) if stop is not None else len(lines) - 1
+    lines = lines[first:last + 1]
     name = f"{obj.__module__}.{obj.__qualname__}"
     return Markdown(f"`{name}`\n```python\n" + "\n".join(lines) + "\n```")
+
+
+def _line_containing(lines: list[str], text: str, begin: int, obj) -> int:
+    """Index of the first line from `begin` on that contains `text`; a clear error when none does."""
+    found = next((i for i, line in enumerate(lines[begin:], begin) if text in line), None)
+    if found is None:
+        raise ValueError(f"{text!r} does not occur in the source of {obj.__qualname__}")
+    return found
 
 
 def check_answer(answer, expected, *, hint: str = "") -> bool:
