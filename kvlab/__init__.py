@@ -6,24 +6,22 @@
     'hello'
 """
 
-from . import cache, flops, memory, notebook
+from . import (attention_trace, cache, compressed_cache, flops, hardware, memory, notebook, paged_cache, quality,
+               serving)
 from .cache import Cache, DynamicCache, StaticCache
-from .generate import GenerationStats, generate, generate_with_stats
+from .generate import GenerationStats, beam_search, generate, generate_with_stats
 from .hello import load_hello_model
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
-from .generate import beam_search  # chapter 03
-from . import attention_trace  # chapter 02
-from . import hardware  # chapter 05
-from . import paged_cache, serving  # chapter 09
-from . import compressed_cache, quality  # chapter 08
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cache", "DynamicCache", "StaticCache", "GPTConfig", "TinyGPT", "CharTokenizer", "GenerationStats",
-    "generate", "generate_with_stats", "load_hello_model", "cache", "flops", "memory", "notebook", "__version__",
-    "beam_search", "attention_trace", "hardware",
-    "paged_cache", "serving",  # chapter 09
-    "compressed_cache", "quality",  # chapter 08
+    # the engine
+    "GPTConfig", "TinyGPT", "CharTokenizer", "load_hello_model",
+    "Cache", "DynamicCache", "StaticCache",
+    "generate", "generate_with_stats", "GenerationStats", "beam_search",
+    # one module per concept (plots, widgets, hf, benchmark, ... are imported explicitly where needed)
+    "attention_trace", "cache", "compressed_cache", "flops", "hardware", "memory", "notebook", "paged_cache",
+    "quality", "serving", "__version__",
 ]
