@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import statistics  # chapter 05
-from collections.abc import Sequence  # chapter 05
-from collections.abc import Iterator  # chapter 01
-from dataclasses import dataclass  # chapter 05
-from collections import Counter  # chapter 03
-from collections.abc import Callable  # chapter 03
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
-import numpy as np  # chapter 04
+import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
-from torch.utils._python_dispatch import TorchDispatchMode  # chapter 03
 
 from .cache import Cache
+from .flops import bytes_moved, forward_flops
+from .generate import GenerationStats, _clock, generate, generate_with_stats
+from .memory import _check_int, kv_cache_bytes
 from .model import TinyGPT
-from .flops import bytes_moved, forward_flops  # chapter 05
-from .generate import _clock, generate_with_stats  # chapter 05
-from .generate import generate  # chapter 03
-from .memory import kv_cache_bytes  # chapter 03
-from .generate import GenerationStats  # chapter 01
 
 __all__ = ["count_flops", "CopyCounter", "count_copied_bytes", "CopyCountingCache", "cache_copied_bytes",
            "expected_copied_bytes",
@@ -162,13 +158,6 @@ def expected_copied_bytes(strategy: str, config, *, batch_size: int, prompt_len:
 # --- chapter 05: roofline and the two phases, measured ---
 
 
-def _check_int_arg(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
                    device: torch.device | str = "cpu") -> float:
     """Median wall-clock seconds of ``fn()`` over `repeats` runs, after `warmup` untimed runs.
@@ -178,8 +167,8 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1,
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
-    _check_int_arg("repeats", repeats, 1)
-    _check_int_arg("warmup", warmup, 0)
+    _check_int("repeats", repeats, 1)
+    _check_int("warmup", warmup, 0)
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -204,7 +193,7 @@ def measure_peak_flops(n: int | None = None, repeats: int = 5, *, device: torch.
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     n = (8192 if device.type == "cuda" else 1024) if n is None else n
-    _check_int_arg("n", n, 1)
+    _check_int("n", n, 1)
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=generator)
@@ -222,7 +211,7 @@ def measure_bandwidth(n_bytes: int | None = None, repeats: int = 5, *, device: t
     """
     device = torch.device(device)
     n_bytes = (2**30 if device.type == "cuda" else 2**27) if n_bytes is None else n_bytes
-    _check_int_arg("n_bytes", n_bytes, 4)
+    _check_int("n_bytes", n_bytes, 4)
     source = torch.ones(n_bytes // 4, device=device, dtype=torch.float32)  # touched, so its pages are mapped
     target = torch.zeros_like(source)
     seconds = median_seconds(lambda: target.copy_(source), repeats, warmup=1, device=device)
@@ -286,7 +275,7 @@ def time_phases(model: TinyGPT, prompt_len: int, batch_size: int = 1, n_decode: 
     for name, value, minimum in (("prompt_len", prompt_len, 1), ("batch_size", batch_size, 1),
                                  ("n_decode", n_decode, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
                                  ("seed", seed, 0)):
-        _check_int_arg(name, value, minimum)
+        _check_int(name, value, minimum)
     config = model.config
     if prompt_len + n_decode + 1 > config.max_seq_len:
         raise ValueError(f"prompt_len + n_decode + 1 = {prompt_len + n_decode + 1} exceeds the model's "
@@ -342,11 +331,11 @@ def time_generation(model: TinyGPT, prompt_len: int, n_new: int, *, use_cache: b
         raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
     for name, value, minimum in (("prompt_len", prompt_len, 1), ("n_new", n_new, 1), ("repeats", repeats, 1),
                                  ("warmup", warmup, 0), ("batch_size", batch_size, 1), ("seed", seed, 0)):
-        _check_int_arg(name, value, minimum)  # chapter 05's checker: TypeError for a non-int, ValueError if small
+        _check_int(name, value, minimum)  # chapter 05's checker: TypeError for a non-int, ValueError if small
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
     if num_threads is not None:
-        _check_int_arg("num_threads", num_threads, 1)
+        _check_int("num_threads", num_threads, 1)
     if prompt_len + n_new > model.config.max_seq_len:
         raise ValueError(f"prompt_len ({prompt_len}) + n_new ({n_new}) = {prompt_len + n_new} exceeds "
                          f"max_seq_len={model.config.max_seq_len}")
@@ -420,8 +409,8 @@ def count_generation_flops(model: TinyGPT, prompt_len: int, n_new: int, *, use_c
     """
     if not isinstance(model, TinyGPT):
         raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    _check_int_arg("prompt_len", prompt_len, 1)
-    _check_int_arg("n_new", n_new, 1)
+    _check_int("prompt_len", prompt_len, 1)
+    _check_int("n_new", n_new, 1)
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
     device = next(model.parameters()).device

@@ -39,10 +39,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .bench import _check_int_arg, median_seconds
+from .bench import median_seconds
 from .cache import DynamicCache, StaticCache
 from .generate import _clock, generate, generate_with_stats
-from .memory import kv_cache_bytes
+from .memory import _check_int, kv_cache_bytes
 from .model import GPTConfig, TinyGPT
 
 __all__ = ["BENCH_MODELS", "BenchPlan", "PLANS", "TARGETS", "make_model", "interleaved_medians",
@@ -117,7 +117,7 @@ def make_model(name: str, seed: int = 0) -> TinyGPT:
     """A TinyGPT of one of the `BENCH_MODELS` shapes, with GPT-2's random initialisation (seeded), in eval mode."""
     if name not in BENCH_MODELS:
         raise ValueError(f"name must be one of {', '.join(BENCH_MODELS)}, got {name!r}")
-    _check_int_arg("seed", seed, 0)
+    _check_int("seed", seed, 0)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
         return TinyGPT(BENCH_MODELS[name]).eval()
@@ -135,8 +135,8 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], repeats: int = 
     """
     if not isinstance(fns, Mapping) or not fns or not all(callable(f) for f in fns.values()):
         raise TypeError(f"fns must be a non-empty mapping of names to callables, got {fns!r}")
-    _check_int_arg("repeats", repeats, 1)
-    _check_int_arg("warmup", warmup, 0)
+    _check_int("repeats", repeats, 1)
+    _check_int("warmup", warmup, 0)
     device = torch.device("cpu")
     for _ in range(warmup):
         for fn in fns.values():
@@ -160,7 +160,7 @@ def measure_read_bandwidth(n_bytes: int = 2**30, repeats: int = 5) -> float:
     larger than the caches, or this measures the cache: 1 GiB by default, since some server CPUs have a last-level
     cache of several hundred MiB.
     """
-    _check_int_arg("n_bytes", n_bytes, 4)
+    _check_int("n_bytes", n_bytes, 4)
     data = torch.ones(n_bytes // 4, dtype=torch.float32)  # written once, so every page is really mapped
     return data.nbytes / median_seconds(data.sum, repeats, warmup=1)
 
@@ -192,7 +192,7 @@ def kernel_floor_seconds(model: TinyGPT, batch_size: int = 1, repeats: int = 5, 
     """
     if not isinstance(model, TinyGPT):
         raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    _check_int_arg("batch_size", batch_size, 1)
+    _check_int("batch_size", batch_size, 1)
     layers = _linears(model)
     weight = layers[0][0]
     inputs = {n: torch.randn(batch_size, 1, n, dtype=weight.dtype, device=weight.device)
@@ -241,7 +241,7 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
         raise ValueError(f"cache must be 'static' or 'dynamic', got {cache!r}")
     for name, value, minimum in (("position", position, 1), ("n_steps", n_steps, 1), ("batch_size", batch_size, 1),
                                  ("repeats", repeats, 1), ("warmup", warmup, 0), ("seed", seed, 0)):
-        _check_int_arg(name, value, minimum)
+        _check_int(name, value, minimum)
     capacity = position + n_steps + 1
     if capacity > model.config.max_seq_len:
         raise ValueError(f"position ({position}) + n_steps ({n_steps}) + 1 = {capacity} exceeds the model's "
@@ -274,7 +274,7 @@ def compare_with_transformers(model: TinyGPT, prompt_len: int, new_tokens: int, 
         raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
     for name, value, minimum in (("prompt_len", prompt_len, 1), ("new_tokens", new_tokens, 1),
                                  ("repeats", repeats, 1), ("warmup", warmup, 0), ("seed", seed, 0)):
-        _check_int_arg(name, value, minimum)
+        _check_int(name, value, minimum)
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
     if prompt_len + new_tokens > model.config.max_seq_len:
@@ -370,7 +370,7 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
     ``vs_transformers_*`` entries are None.
     """
     plan = _check_plan(plan)
-    _check_int_arg("threads", threads, 1)
+    _check_int("threads", threads, 1)
     if with_transformers is None:
         with_transformers = _transformers_available()
     P, R, W = plan.prompt_len, plan.repeats, plan.warmup
