@@ -6,11 +6,12 @@
     'hello'
 """
 
-from . import (attention_trace, cache, compressed_cache, flops, hardware, memory, notebook, paged_cache, quality,
-               serving)
+from . import (attention_trace, cache, compressed_cache, flops, hardware, lean_decode, memory, notebook, paged_cache,
+               quality, serving)
 from .cache import Cache, DynamicCache, StaticCache
 from .generate import GenerationStats, beam_search, generate, generate_with_stats
 from .hello import load_hello_model
+from .lean_decode import lean_generate
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
@@ -20,8 +21,8 @@ __all__ = [
     # the engine
     "GPTConfig", "TinyGPT", "CharTokenizer", "load_hello_model",
     "Cache", "DynamicCache", "StaticCache",
-    "generate", "generate_with_stats", "GenerationStats", "beam_search",
+    "generate", "generate_with_stats", "GenerationStats", "beam_search", "lean_generate",
     # one module per concept (plots, widgets, hf, benchmark, ... are imported explicitly where needed)
-    "attention_trace", "cache", "compressed_cache", "flops", "hardware", "memory", "notebook", "paged_cache",
-    "quality", "serving", "__version__",
+    "attention_trace", "cache", "compressed_cache", "flops", "hardware", "lean_decode", "memory", "notebook",
+    "paged_cache", "quality", "serving", "__version__",
 ]

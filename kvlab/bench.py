@@ -19,8 +19,8 @@ from .generate import GenerationStats, _clock, generate, generate_with_stats
 from .memory import _check_int, kv_cache_bytes
 from .model import TinyGPT
 
-__all__ = ["count_flops", "CopyCounter", "count_copied_bytes", "CopyCountingCache", "cache_copied_bytes",
-           "expected_copied_bytes",
+__all__ = ["count_flops", "CopyCounter", "count_copied_bytes", "OpCounter", "count_operations", "CopyCountingCache",
+           "cache_copied_bytes", "expected_copied_bytes",
            "median_seconds", "measure_peak_flops", "measure_bandwidth", "PhaseTimes", "time_phases", "sweep_phases",
            "time_generation", "cumulative_tokens_per_s", "record_positions",
            "count_generation_flops", "loglog_slope"]
@@ -77,6 +77,32 @@ def count_copied_bytes(fn: Callable[[], object]) -> int:
     with CopyCounter() as counter:
         fn()
     return counter.bytes
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the PyTorch (ATen) operations that run while it is active, views included: ``with OpCounter() as c:``.
+
+    However little work an operation does, running it costs a fixed toll: Python calls into PyTorch, the
+    dispatcher picks a kernel, a result tensor is made. On a CPU that is around a microsecond, so a model of many
+    tiny operations is limited by their number rather than by FLOPs or bytes (chapter 5, section 9).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()  # how many times each operation ran
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(fn: Callable[[], object]) -> Counter[str]:
+    """How many times each PyTorch operation ran while ``fn()`` ran (see `OpCounter`); ``.total()`` is their sum."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    with OpCounter() as counter:
+        fn()
+    return counter.ops
 
 
 class CopyCountingCache(Cache):

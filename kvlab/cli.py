@@ -128,6 +128,7 @@ def _info(args: argparse.Namespace) -> str:
 
 def _bench(args: argparse.Namespace) -> str:
     """`kvlab bench`: run `kvlab.benchmark.run_benchmarks`, write the JSON (and a PNG), return the table."""
+    import json
     from pathlib import Path
 
     from . import benchmark
@@ -144,6 +145,7 @@ def _bench(args: argparse.Namespace) -> str:
     results = benchmark.run_benchmarks(plan, threads=args.threads, progress=True,
                                        with_transformers=False if args.no_transformers else None)
     written = [benchmark.save_results(results, out)]
+    results = json.loads(out.read_text(encoding="utf-8"))  # the table and plot show exactly what the file holds
     if plot is not None:
         import matplotlib.pyplot as plt
 

@@ -43,7 +43,7 @@ def _positive_finite(value) -> bool:
 def test_quick_run_writes_every_headline_key(quick_run):
     _, results, _ = quick_run
     assert all(key in results for key in HEADLINE_KEYS)
-    for key in ("vs_transformers_cached", "vs_transformers_uncached"):
+    for key in ("vs_transformers_cached", "vs_transformers_cached_generate", "vs_transformers_uncached"):
         assert set(results[key]) == {"small", "gpt2"}
     plan = benchmark.PLANS["quick"]
     assert list(results["speedup_by_T"]) == [str(T) for T in plan.lengths]
@@ -56,6 +56,7 @@ def test_every_ratio_is_positive_and_finite(quick_run):
     _, results, _ = quick_run
     ratios = [results["cache_speedup"], *results["speedup_by_T"].values(),
               *results["vs_transformers_cached"].values(), *results["vs_transformers_uncached"].values(),
+              *results["vs_transformers_cached_generate"].values(),
               results["static_latency_ratio"], results["dynamic_latency_ratio"], results["kernel_floor_fraction"],
               results["bandwidth_fraction"]]
     for row in results["batch_sweep"]:
@@ -89,6 +90,20 @@ def test_kvlab_and_transformers_made_the_same_tokens(quick_run):
         for regime in ("small", "gpt2"):
             row = results["details"]["figure2"][cached][regime]
             assert row["same_tokens"] is True and row["transformers_messages"] == []
+            assert row["kvlab_same_tokens"] is True
+            assert row.get("kvlab_lean_same_tokens", cached == "uncached") is True
+
+
+def test_cached_headline_is_lean_generate_and_readable_ratio_is_kept(quick_run):
+    _, results, _ = quick_run
+    for regime in ("small", "gpt2"):
+        cached = results["details"]["figure2"]["cached"][regime]
+        uncached = results["details"]["figure2"]["uncached"][regime]
+        assert cached["headline"] == "lean_generate" and uncached["headline"] == "generate"
+        assert results["vs_transformers_cached"][regime] == cached["kvlab_lean_ratio"]
+        assert results["vs_transformers_cached_generate"][regime] == cached["kvlab_ratio"]
+        assert results["vs_transformers_uncached"][regime] == uncached["kvlab_ratio"]
+        assert "kvlab_lean_ratio" not in uncached  # no lean loop without a cache
 
 
 def test_machine_section_names_threads_and_versions(quick_run):
@@ -100,7 +115,8 @@ def test_machine_section_names_threads_and_versions(quick_run):
 
 def test_table_and_plot_are_written(quick_run):
     printed, results, folder = quick_run
-    for label in ("1  cache speed-up", "2a kvlab ÷ transformers, cached", "2b kvlab ÷ transformers, uncached",
+    for label in ("1  cache speed-up", "2a lean_generate ÷ transformers, cached",
+                  "generate ÷ transformers (the readable", "2b generate ÷ transformers, uncached",
                   "3  StaticCache", "4  decode step ÷ kernel floor", "5  batch"):
         assert label in printed
     assert ("All targets checked were met" in printed) or ("Targets missed" in printed)
@@ -163,8 +179,12 @@ def test_filled_cache_holds_position_tokens():
 
 def test_compare_with_transformers_on_a_small_model():
     pytest.importorskip("transformers")
-    row = benchmark.compare_with_transformers(random_model(), 4, 6, repeats=1, warmup=0)
+    model = random_model(n_kv_head=4)
+    row = benchmark.compare_with_transformers(model, 4, 6, repeats=1, warmup=0)
     assert row["same_tokens"] is True and _positive_finite(row["ratio"])
+    assert row["ratio"] == pytest.approx(row["kvlab_lean_tokens_per_s"] / row["transformers_tokens_per_s"])
+    assert row["kvlab_ratio"] == pytest.approx(row["kvlab_tokens_per_s"] / row["transformers_tokens_per_s"])
+    row = benchmark.compare_with_transformers(model, 4, 6, use_cache=False, repeats=1, warmup=0)
     assert row["ratio"] == pytest.approx(row["kvlab_tokens_per_s"] / row["transformers_tokens_per_s"])
 
 
@@ -263,3 +283,23 @@ def test_import_kvlab_does_not_import_the_benchmark_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
     assert kvlab.TinyGPT is benchmark.TinyGPT  # the benchmark measures the package's own model
+
+
+def test_readmes_quote_the_committed_default_run():
+    """The Performance tables are the committed run's numbers, rounded, not numbers typed by hand."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / benchmark.DEFAULT_OUT).read_text(encoding="utf-8"))
+    assert results["plan"]["name"] == "default" and all(t["met"] is not False for t in results["targets"].values())
+    quoted = [f"{results['cache_speedup']:.1f}×", f"{results['elapsed_s']:.0f} s",
+              ", ".join(f"{s:.1f}×" for s in results["speedup_by_T"].values()),
+              f"{results['static_latency_ratio']:.2f}", f"{results['dynamic_latency_ratio']:.2f}",
+              f"{results['kernel_floor_fraction']:.2f}", f"{results['bandwidth_fraction']:.2f}",
+              ", ".join(f"{row['tokens_per_s']:.0f}" for row in results["batch_sweep"])]
+    for key in ("vs_transformers_cached", "vs_transformers_cached_generate", "vs_transformers_uncached"):
+        quoted += [f"{results[key][regime]:.2f}×" for regime in ("small", "gpt2")]
+    for readme in (root / "README.md", root / "benchmarks" / "README.md"):
+        text = readme.read_text(encoding="utf-8")
+        missing = [q for q in quoted if q not in text]
+        assert not missing, f"{readme.name} does not quote {missing} from {benchmark.DEFAULT_OUT}"

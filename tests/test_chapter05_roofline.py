@@ -342,3 +342,54 @@ def test_plots_return_figures():
 def test_plot_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# --- section 9: the overhead-bound regime ------------------------------------------------------------------------
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_prefill_and_decode.ipynb"
+
+
+def _hello_decode_step_ops(model, prompt):
+    cache = kvlab.DynamicCache()
+    with torch.inference_mode():
+        model(prompt[:, :-1], cache)
+        return bench.count_operations(lambda: model(prompt[:, -1:], cache))
+
+
+def test_section_9_numbers_are_what_the_code_gives(hello):
+    from conftest import assert_printed_above
+
+    model, tok = hello
+    prompt = torch.tensor([tok.encode("keys and values ")])
+    assert prompt.shape == (1, 16)
+    ops = _hello_decode_step_ops(model, prompt)
+    step_flops, step_bytes = forward_flops(model.config, 1, 15), bytes_moved(model.config, 1, 15, 4)
+    assert step_flops < 500_000 and step_bytes < 1_000_000  # "under half a million FLOPs and under a megabyte"
+    assert 80 <= ops.total() <= 120  # "about a hundred tiny operations"
+    assert_printed_above(NOTEBOOK, "Under half a million FLOPs and under a megabyte",
+                         f"{step_flops:,} FLOPs, {step_bytes:,} bytes to move, {ops.total()} PyTorch operations")
+    assert_printed_above(NOTEBOOK, "Why does the course not write all its code this way?", "identical tokens: True")
+
+
+def test_count_operations_counts_every_operation_views_included():
+    x = torch.ones(3, 4)
+    ops = bench.count_operations(lambda: (x + 1).t().sum())
+    assert ops == {"add": 1, "t": 1, "sum": 1} or ops == {"add": 1, "transpose": 1, "sum": 1}
+    assert bench.count_operations(lambda: None).total() == 0
+    with pytest.raises(TypeError, match="fn must be a callable taking no arguments, got int"):
+        bench.count_operations(3)
+
+
+def test_exercise_4_operations_per_layer(hello):
+    """Each block runs the same operations, so the count grows by a fixed number per layer."""
+    model, tok = hello
+    prompt = torch.tensor([tok.encode("keys and values ")])
+    counts = {}
+    for n_layer in (4, 8, 12):
+        config = kvlab.GPTConfig(vocab_size=25, n_layer=n_layer, n_head=4, d_model=64, max_seq_len=128)
+        counts[n_layer] = _hello_decode_step_ops(kvlab.TinyGPT(config).eval(), prompt).total()
+    assert counts[4] == _hello_decode_step_ops(model, prompt).total()  # depth alone sets the count
+    per_layer = (counts[8] - counts[4]) // 4
+    assert counts[12] - counts[8] == counts[8] - counts[4] == 4 * per_layer
+    by_hand = 4 + 4 + 3 + 2 + 2 + 2 + 1 + 1 + 1 + 1  # linear, transpose, view, add, layer_norm, cat, split, sdpa, ...
+    assert per_layer == by_hand  # ... reshape, gelu: CausalSelfAttention + MLP + Block, read off model.py
