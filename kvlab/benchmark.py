@@ -19,7 +19,8 @@ The five figures (`run_benchmarks` measures them all, `format_table` prints them
    `DynamicCache`, on a model whose weights outweigh its cache.
 4. **how close to the machine**: weight bytes read per decode step ÷ step time, against two ceilings measured in
    the same run: the streaming read bandwidth (a large reduction) and the *kernel floor*, the same sequence of
-   matrix-vector products with the model's own weights and nothing else.
+   matrix-vector products with the model's own weights and nothing else; for `lean_generate`'s step (the
+   headline, as in figure 2) and for the readable model's.
 5. **batch sweep**: decode tokens/s and time per step for batch sizes 1 to 16.
 
 Models have random weights (`BENCH_MODELS`; a forward pass takes as long whatever its weights' values) and run in
@@ -44,7 +45,7 @@ import torch.nn as nn
 from .bench import median_seconds
 from .cache import DynamicCache, StaticCache
 from .generate import _clock, generate, generate_with_stats
-from .lean_decode import lean_generate
+from .lean_decode import layer_weights, lean_forward, lean_generate
 from .memory import _check_int, kv_cache_bytes
 from .model import GPTConfig, TinyGPT
 
@@ -104,7 +105,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "vs_transformers_cached.small": (">=", 2.5, "lean_generate ÷ transformers tokens/s, cached, course-sized model"),
     "vs_transformers_cached.gpt2": (">=", 1.0, "lean_generate ÷ transformers tokens/s, cached, GPT-2-small shape"),
     "static_latency_ratio": ("<=", 1.3, "StaticCache decode step at the far ÷ near position"),
-    "kernel_floor_fraction": (">=", 0.9, "bare matmuls ÷ full decode step, GPT-2-small shape"),
+    "kernel_floor_fraction": (">=", 0.9, "bare matmuls ÷ lean_generate's decode step, GPT-2-small shape"),
 }
 
 
@@ -240,8 +241,8 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
     """
     if not isinstance(model, TinyGPT):
         raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    if cache not in ("static", "dynamic"):
-        raise ValueError(f"cache must be 'static' or 'dynamic', got {cache!r}")
+    if cache not in ("static", "dynamic", "lean"):
+        raise ValueError(f"cache must be 'static', 'dynamic' or 'lean', got {cache!r}")
     for name, value, minimum in (("position", position, 1), ("n_steps", n_steps, 1), ("batch_size", batch_size, 1),
                                  ("repeats", repeats, 1), ("warmup", warmup, 0), ("seed", seed, 0)):
         _check_int(name, value, minimum)
@@ -254,11 +255,38 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
     idx = idx.to(model.wte.weight.device)  # (B, position + 1): the cache stands in for all but the last token
     steps: list[float] = []
     for run in range(warmup + repeats):
-        filled = _filled_cache(model, cache, position, capacity, batch_size, generator)
-        _, stats = generate_with_stats(model, idx, n_steps + 1, cache=filled)
+        if cache == "lean":
+            decode_s = _lean_decode_steps(model, idx, n_steps, capacity, generator)
+        else:
+            filled = _filled_cache(model, cache, position, capacity, batch_size, generator)
+            decode_s = generate_with_stats(model, idx, n_steps + 1, cache=filled)[1].decode_s
         if run >= warmup:
-            steps += stats.decode_s
+            steps += decode_s
     return statistics.median(steps)
+
+
+@torch.inference_mode()
+def _lean_decode_steps(model: TinyGPT, idx: torch.Tensor, n_steps: int, capacity: int,
+                       generator: torch.Generator) -> list[float]:
+    """`decode_step_seconds` for ``cache="lean"``: the same steps, run by `kvlab.lean_decode.lean_forward`.
+
+    Its K/V buffers hold random keys and values at positions 0..position-1, like `_filled_cache`; the token at
+    `position` is fed first and set aside, as `generate_with_stats`'s first step is, then `n_steps` are timed.
+    """
+    c, weight = model.config, model.wte.weight
+    B, position = idx.shape[0], idx.shape[1] - 1
+    layers = [layer_weights(block) for block in model.blocks]
+    kv = [tuple(weight.new_empty(B, c.n_kv_head, capacity, c.head_dim) for _ in range(2)) for _ in layers]
+    for keys, values in kv:
+        for buffer in (keys, values):
+            buffer[:, :, :position] = torch.randn(B, c.n_kv_head, position, c.head_dim, generator=generator)
+    token, steps = idx[:, -1:], []
+    for step in range(n_steps + 1):
+        start = _clock(weight.device)
+        token = lean_forward(model, layers, kv, token, position + step).argmax(dim=-1, keepdim=True)  # (B, 1)
+        if step > 0:
+            steps.append(_clock(weight.device) - start)
+    return steps
 
 
 def compare_with_transformers(model: TinyGPT, prompt_len: int, new_tokens: int, *, use_cache: bool = True,
@@ -445,19 +473,23 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
         bandwidth = measure_read_bandwidth(repeats=R)
         bar.update()
         task("figure 4: kernel floor and decode step")
-        seconds = interleaved_medians(  # one round: the bare matmuls once, then a generation's decode steps
+        seconds = interleaved_medians(  # one round: the bare matmuls, a generation's decode steps, the lean loop's
             {"floor": lambda: kernel_floor_seconds(gpt2, repeats=1, warmup=0),
-             "step": lambda: decode_step_seconds(gpt2, P, plan.decode_steps, cache="static", repeats=1, warmup=0)},
+             "step": lambda: decode_step_seconds(gpt2, P, plan.decode_steps, cache="static", repeats=1, warmup=0),
+             "lean": lambda: decode_step_seconds(gpt2, P, plan.decode_steps, cache="lean", repeats=1, warmup=0)},
             R, W, self_timed=True)
-        floor_s, step_s = seconds["floor"], seconds["step"]
+        floor_s, step_s, lean_s = seconds["floor"], seconds["step"], seconds["lean"]
         bar.update()
         weight_bytes = decode_weight_bytes(gpt2)
-        results["kernel_floor_fraction"] = floor_s / step_s
-        results["bandwidth_fraction"] = weight_bytes / step_s / bandwidth
+        results["kernel_floor_fraction"] = floor_s / lean_s  # the headline, as in figure 2: lean_generate's step
+        results["kernel_floor_fraction_generate"] = floor_s / step_s
+        results["bandwidth_fraction"] = weight_bytes / lean_s / bandwidth
+        results["bandwidth_fraction_generate"] = weight_bytes / step_s / bandwidth
         details["figure4"] = {"model": "gpt2", "position": P, "cache": "static", "weight_bytes": weight_bytes,
-                              "decode_step_s": step_s, "kernel_floor_s": floor_s,
+                              "decode_step_s": lean_s, "generate_decode_step_s": step_s, "kernel_floor_s": floor_s,
                               "read_bandwidth_bytes_per_s": bandwidth,
-                              "decode_bytes_per_s": weight_bytes / step_s,
+                              "decode_bytes_per_s": weight_bytes / lean_s,
+                              "generate_decode_bytes_per_s": weight_bytes / step_s,
                               "kernel_floor_bytes_per_s": weight_bytes / floor_s,
                               "kernel_floor_bandwidth_fraction": weight_bytes / floor_s / bandwidth}
 
@@ -587,8 +619,10 @@ def format_table(results: dict) -> str:
     if "bytes_ratio" in f3:
         row("   (bytes read per step, same ratio)", _fmt(f3["bytes_ratio"]))
     f4 = details.get("figure4", {})
-    row("4  decode step ÷ kernel floor speed (GPT-2-small, batch 1)", _fmt(results["kernel_floor_fraction"], ""),
+    row("4  lean_generate's step ÷ kernel floor (GPT-2-small)", _fmt(results["kernel_floor_fraction"], ""),
         "kernel_floor_fraction")
+    row("   generate's step ÷ kernel floor (the readable model)",
+        _fmt(results.get("kernel_floor_fraction_generate"), ""))
     if f4:
         row(f"   weight bytes/s ÷ read bandwidth ({f4['decode_bytes_per_s'] / 1e9:.1f} of "
             f"{f4['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s)", _fmt(results["bandwidth_fraction"], ""))

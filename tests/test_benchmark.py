@@ -117,7 +117,8 @@ def test_table_and_plot_are_written(quick_run):
     printed, results, folder = quick_run
     for label in ("1  cache speed-up", "2a lean_generate ÷ transformers, cached",
                   "generate ÷ transformers (the readable", "2b generate ÷ transformers, uncached",
-                  "3  StaticCache", "4  decode step ÷ kernel floor", "5  batch"):
+                  "3  StaticCache", "4  lean_generate's step ÷ kernel floor", "generate's step ÷ kernel floor",
+                  "5  batch"):
         assert label in printed
     assert ("All targets checked were met" in printed) or ("Targets missed" in printed)
     assert "Not checked: cache_speedup: the target is set for T = 512; this run's longest T is 128" in printed
@@ -164,10 +165,26 @@ def test_interleaved_medians_alternates_the_contenders():
     assert all(s >= 0 for s in seconds.values())
 
 
-@pytest.mark.parametrize("cache", ["static", "dynamic"])
+@pytest.mark.parametrize("cache", ["static", "dynamic", "lean"])
 def test_decode_step_seconds_fills_the_cache_and_times_steps(cache):
     model = random_model()
     assert _positive_finite(benchmark.decode_step_seconds(model, 40, 3, cache=cache, batch_size=2, repeats=1))
+
+
+def test_lean_decode_steps_time_n_steps_and_continue_like_generate():
+    model = random_model()
+    idx = torch.randint(37, (2, 21), generator=torch.Generator().manual_seed(0))
+    steps = benchmark._lean_decode_steps(model, idx, 5, 27, torch.Generator().manual_seed(1))
+    assert len(steps) == 5 and all(_positive_finite(s) for s in steps)
+
+
+def test_figure_4_reports_the_readable_models_step_too(quick_run):
+    _, results, _ = quick_run
+    f4 = results["details"]["figure4"]
+    assert results["kernel_floor_fraction_generate"] == pytest.approx(
+        f4["kernel_floor_s"] / f4["generate_decode_step_s"], rel=1e-3)
+    assert results["bandwidth_fraction_generate"] == pytest.approx(
+        f4["weight_bytes"] / f4["generate_decode_step_s"] / f4["read_bandwidth_bytes_per_s"], rel=1e-3)
 
 
 def test_filled_cache_holds_position_tokens():
@@ -245,7 +262,7 @@ def test_make_model_is_seeded_and_leaves_the_global_rng_alone():
     (lambda: benchmark.kernel_floor_seconds(None), TypeError, "model must be a kvlab.TinyGPT, got NoneType"),
     (lambda: benchmark.kernel_floor_seconds(random_model(), batch_size=0), ValueError, "batch_size must be >= 1"),
     (lambda: benchmark.decode_step_seconds(random_model(), 10, cache="paged"), ValueError,
-     "cache must be 'static' or 'dynamic', got 'paged'"),
+     "cache must be 'static', 'dynamic' or 'lean', got 'paged'"),
     (lambda: benchmark.decode_step_seconds(random_model(), 60, 8), ValueError,
      r"position \(60\) \+ n_steps \(8\) \+ 1 = 69 exceeds the model's max_seq_len=64"),
     (lambda: benchmark.decode_step_seconds(random_model(), 0), ValueError, "position must be >= 1, got 0"),
@@ -296,6 +313,7 @@ def test_readmes_quote_the_committed_default_run():
               ", ".join(f"{s:.1f}×" for s in results["speedup_by_T"].values()),
               f"{results['static_latency_ratio']:.2f}", f"{results['dynamic_latency_ratio']:.2f}",
               f"{results['kernel_floor_fraction']:.2f}", f"{results['bandwidth_fraction']:.2f}",
+              f"{results['kernel_floor_fraction_generate']:.2f}", f"{results['bandwidth_fraction_generate']:.2f}",
               ", ".join(f"{row['tokens_per_s']:.0f}" for row in results["batch_sweep"])]
     for key in ("vs_transformers_cached", "vs_transformers_cached_generate", "vs_transformers_uncached"):
         quoted += [f"{results[key][regime]:.2f}×" for regime in ("small", "gpt2")]

@@ -49,3 +49,13 @@ def test_gpu_stats_and_bf16_static_cache(hello_cuda):
     tokens, stats = kvlab.generate(model16, tok.encode_batch("h").to("cuda"), 20, cache=cache, return_stats=True)
     assert tokens.shape == (1, 21) and stats.prefill_s > 0 and len(stats.decode_s) == 19
     assert cache.nbytes == kvlab.memory.kv_cache_bytes(4, 1, 40, 64, 2)
+
+
+def test_lean_generate_on_gpu_gives_generates_tokens(hello_cuda):
+    """The lean loop allocates its K/V buffers on the weights' device and dtype: cuda float32 and bfloat16."""
+    model, tok = hello_cuda
+    prompt = tok.encode_batch("keys and v").to("cuda")
+    assert torch.equal(kvlab.lean_generate(model, prompt, 40), kvlab.generate(model, prompt, 40))
+    model16 = kvlab.load_hello_model(device="cuda")[0].to(torch.bfloat16)
+    out16 = kvlab.lean_generate(model16, prompt, 20)
+    assert out16.device.type == "cuda" and torch.equal(out16, kvlab.generate(model16, prompt, 20))

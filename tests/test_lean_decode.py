@@ -90,3 +90,19 @@ def test_bad_arguments_name_the_value(kwargs, error, message):
     idx, n = arguments.pop("idx"), arguments.pop("max_new_tokens")
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         lean_generate(model, idx, n, **arguments)
+
+
+def test_lean_step_runs_no_more_operations_than_the_models(hello):
+    """Chapter 05 says the lean loop runs nearly the same operations, with less Python around them."""
+    from kvlab import bench
+
+    model, tok = hello
+    idx = torch.tensor([tok.encode("keys and values ")])
+    layers = [layer_weights(block) for block in model.blocks]
+    kv, cache = _empty_kv(model, 1, 16), kvlab.DynamicCache()
+    with torch.inference_mode():
+        lean_forward(model, layers, kv, idx[:, :-1], 0)
+        model(idx[:, :-1], cache)
+        lean_ops = bench.count_operations(lambda: lean_forward(model, layers, kv, idx[:, -1:], 15)).total()
+        model_ops = bench.count_operations(lambda: model(idx[:, -1:], cache)).total()
+    assert 0.8 * model_ops <= lean_ops <= model_ops, (lean_ops, model_ops)
