@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .generate import _check_arguments, sample_next_token
-from .model import Block, TinyGPT
+from .model import Block, TinyGPT, causal_mask
 
 __all__ = ["LayerWeights", "layer_weights", "lean_generate", "lean_forward"]
 
@@ -57,13 +57,15 @@ def lean_forward(model: TinyGPT, layers: list[LayerWeights], kv: list[tuple[torc
 
     `kv` holds one pre-allocated (keys, values) pair per layer, each (B, H_kv, T_max, D); positions 0..pos-1 are
     filled. The new keys and values are written in place at pos..pos+T-1 and attention reads the filled prefix.
-    Starting from an empty buffer (pos 0) the mask is the plain causal triangle; a single token needs none.
+    A single token needs no mask; several from an empty buffer (pos 0, prefill) the plain causal triangle; several
+    after a past (a prompt fed in chunks) the model's `causal_mask`.
     """
     c = model.config
     B, T = new.shape
     C, H, H_kv, D = c.d_model, c.n_head, c.n_kv_head, c.head_dim
     eps = model.ln_f.eps
     x = model.wte.weight[new] + model.wpe.weight[pos:pos + T]  # (B, T, C)
+    mask = causal_mask(T, pos + T, x.device) if T > 1 and pos > 0 else None  # (T, pos + T), as in the model
     for w, (keys, values) in zip(layers, kv):
         h = F.layer_norm(x, (C,), w.ln_1_weight, w.ln_1_bias, eps)
         qkv = F.linear(h, w.qkv_weight, w.qkv_bias).view(B, T, H + 2 * H_kv, D).transpose(1, 2)  # one view
@@ -73,7 +75,7 @@ def lean_forward(model: TinyGPT, layers: list[LayerWeights], kv: list[tuple[torc
         k, v = keys[:, :, :pos + T], values[:, :, :pos + T]  # (B, H_kv, pos + T, D): views of the buffer
         if H_kv != H:  # grouped-query attention, as in the model
             k, v = k.repeat_interleave(H // H_kv, dim=1), v.repeat_interleave(H // H_kv, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1 and pos == 0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and pos == 0)
         x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), w.attn_proj_weight, w.attn_proj_bias)
         h = F.layer_norm(x, (C,), w.ln_2_weight, w.ln_2_bias, eps)
         x = x + F.linear(F.gelu(F.linear(h, w.fc_weight, w.fc_bias), approximate="tanh"), w.mlp_proj_weight,

@@ -38,13 +38,13 @@ def test_same_tokens_as_generate_for_any_model(seed, n_kv_head, batch, prompt_le
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
 def test_prefill_and_decode_logits_match_the_model(n_kv_head):
-    """Compare logits, not only argmaxes: prefill of 7 tokens, then three decode steps."""
+    """Compare logits, not only argmaxes: a 7-token prompt fed as 4 + 3 tokens, then three decode steps."""
     model = random_model(3, n_kv_head=n_kv_head)
     idx = torch.randint(model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(1))
     layers = [layer_weights(block) for block in model.blocks]
     kv, cache = _empty_kv(model, 2, 10), kvlab.DynamicCache()
     with torch.inference_mode():
-        for start, end in [(0, 7), (7, 8), (8, 9), (9, 10)]:
+        for start, end in [(0, 4), (4, 7), (7, 8), (8, 9), (9, 10)]:  # a prompt in two chunks, then decode
             ours = lean_forward(model, layers, kv, idx[:, start:end], start)
             reference = model(idx[:, start:end], cache)[:, -1]
             torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
