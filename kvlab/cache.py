@@ -83,6 +83,8 @@ class DynamicCache(Cache):
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored K/V tensors. Right after a prefill they are views into the model's fused qkv output
+        (stored as they are, no copy), which stays allocated, queries included, until the first concatenation."""
         return sum(t.nbytes for t in self.keys + self.values)
 
 

@@ -105,3 +105,18 @@ def test_kv_cache_bytes_equals_real_cache_bytes_after_generation(n_kv_head):
 def test_base_class_methods_must_be_implemented():
     with pytest.raises(NotImplementedError):
         kvlab.Cache().update(*_kv(), 0)
+
+
+def test_dynamic_cache_holds_views_of_the_qkv_output_until_its_first_concatenation():
+    """What DynamicCache.nbytes documents: a prefill's K/V are stored uncopied, so the qkv buffer stays alive."""
+    model = random_model()
+    cache = kvlab.DynamicCache()
+    idx = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        model(idx, cache)
+        keys = cache.keys[0]  # a view: its memory is the whole (1, 4, 3 * d_model) qkv output, queries included
+        assert keys.untyped_storage().nbytes() == 3 * keys.nbytes
+        assert cache.nbytes == 2 * 2 * keys.nbytes  # what nbytes counts: K and V of 2 layers, not their buffers
+        model(idx[:, :1], cache)
+    keys = cache.keys[0]
+    assert keys.untyped_storage().nbytes() == keys.nbytes and keys.is_contiguous()  # torch.cat's own tensor
