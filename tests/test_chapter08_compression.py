@@ -554,6 +554,7 @@ def test_attention_to_first_tokens_matches_the_trace(hello, held_out):
     # the notebook: at most 3.8%, below evenly spread attention (4.3%)
     uniform = sum(4 / (t + 1) for t in range(64, 128)) / 64
     assert round(shares.max().item(), 3) == 0.038 and round(uniform, 3) == 0.043 and shares.max() < uniform
+    assert (shares < 0.01).sum().item() == shares.numel() // 2  # "half the heads give them under 1%"
 
 
 # --- eviction quality: the notebook's table and bounds ------------------------------------------------------------
