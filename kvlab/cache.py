@@ -18,6 +18,8 @@ __all__ = ["Cache", "DynamicCache", "StaticCache"]
 class Cache:
     """What every KV cache can do. Subclasses implement the storage; the model only calls `update`."""
 
+    token_ids: torch.Tensor | None = None  # the ids `generate` fed it, so a later call can check it continues them
+
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new tokens' `key`/`value` (B, H_kv, T_new, D) for `layer_idx`; return all keys/values to attend to."""
         raise NotImplementedError
@@ -50,6 +52,28 @@ class Cache:
             raise ValueError(f"layer_idx must be {allowed}, got {layer_idx!r}")
 
 
+def _check_fits(key: torch.Tensor, stored: torch.Tensor) -> None:
+    """New keys must match the stored ones in batch, heads and head size; only the token axis may differ."""
+    if key.shape[0] != stored.shape[0] or key.shape[1] != stored.shape[1] or key.shape[3] != stored.shape[3]:
+        raise ValueError(f"key shape {tuple(key.shape)} does not fit the cache's (B, H_kv, T, D) = "
+                         f"{tuple(stored.shape)}")
+
+
+def _check_beam_idx(beam_idx: object, batch_size: int | None, fixed: bool = False) -> None:
+    """`reorder_cache`'s argument: row i of the new cache is row beam_idx[i] of the old one (`fixed`: same count)."""
+    if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1 or beam_idx.dtype not in (torch.int64,
+                                                                                               torch.int32):
+        shown = f"{beam_idx.dim()}-D {beam_idx.dtype}" if isinstance(beam_idx, torch.Tensor) else type(beam_idx).__name__
+        raise TypeError(f"beam_idx must be a 1-D tensor of row indices (torch.long), got {shown}")
+    if batch_size is None:  # nothing stored yet
+        return
+    if fixed and beam_idx.numel() != batch_size:
+        raise ValueError(f"beam_idx must name one row for each of the cache's {batch_size} rows, "
+                         f"got {beam_idx.numel()} indices")
+    if beam_idx.numel() and not (0 <= int(beam_idx.min()) and int(beam_idx.max()) < batch_size):
+        raise ValueError(f"beam_idx must hold rows 0..{batch_size - 1}, got {beam_idx.tolist()}")
+
+
 class DynamicCache(Cache):
     """Grows by concatenation: each step copies the whole past into a new, one-token-longer tensor.
 
@@ -67,6 +91,7 @@ class DynamicCache(Cache):
             self.keys.append(key)
             self.values.append(value)
         else:
+            _check_fits(key, self.keys[layer_idx])  # same batch, heads and head size as what is stored
             self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key], dim=-2)  # <- the copy
             self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=-2)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -75,6 +100,7 @@ class DynamicCache(Cache):
         return self.keys[layer_idx].shape[-2] if layer_idx < len(self.keys) else 0
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        _check_beam_idx(beam_idx, self.keys[0].shape[0] if self.keys else None)
         self.keys = [k.index_select(0, beam_idx.to(k.device)) for k in self.keys]
         self.values = [v.index_select(0, beam_idx.to(v.device)) for v in self.values]
 
@@ -112,9 +138,7 @@ class StaticCache(Cache):
         buffer = self.keys[layer_idx]
         if key.dtype != buffer.dtype:
             raise TypeError(f"key dtype {key.dtype} does not match the cache's dtype {buffer.dtype}")
-        if key.shape[0] != buffer.shape[0] or key.shape[1] != buffer.shape[1] or key.shape[3] != buffer.shape[3]:
-            raise ValueError(f"key shape {tuple(key.shape)} does not fit the cache's (B, H_kv, T, D) = "
-                             f"{tuple(buffer.shape)}")
+        _check_fits(key, buffer)
         start, end = self.lengths[layer_idx], self.lengths[layer_idx] + key.shape[-2]
         if end > self.max_cache_len:
             raise ValueError(f"StaticCache overflow: {end} tokens do not fit max_cache_len={self.max_cache_len}; "
@@ -131,6 +155,7 @@ class StaticCache(Cache):
         return self.max_cache_len
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        _check_beam_idx(beam_idx, self.keys[0].shape[0], fixed=True)  # the buffers' batch size cannot change
         for buffers in (self.keys, self.values):
             for buffer in buffers:
                 buffer.copy_(buffer.index_select(0, beam_idx.to(buffer.device)))

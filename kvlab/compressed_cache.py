@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import Cache
+from .cache import Cache, _check_beam_idx
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "QuantizedCache", "EvictionCache", "SlidingWindowCache",
            "SinkCache", "HeavyHitterCache", "received_attention"]
@@ -215,6 +215,7 @@ class QuantizedCache(_CheckedCache):
         return self.n_quantized(layer_idx) + self.recent_keys[layer_idx].shape[-2]
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        _check_beam_idx(beam_idx, self.recent_keys[0].shape[0] if self.recent_keys else None)
         self.groups = [[(k.index_select(0, beam_idx), v.index_select(0, beam_idx)) for k, v in layer]
                        for layer in self.groups]
         self.recent_keys = [t.index_select(0, beam_idx.to(t.device)) for t in self.recent_keys]
@@ -306,6 +307,7 @@ class EvictionCache(_CheckedCache):
         return self.budget
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        _check_beam_idx(beam_idx, self.keys[0].shape[0] if self.keys else None)
         for tensors in (self.keys, self.values, self.positions):
             tensors[:] = [t.index_select(0, beam_idx.to(t.device)) for t in tensors]
 
@@ -442,14 +444,19 @@ class HeavyHitterCache(EvictionCache):
 
     # -- scoring and choosing --
 
-    def _observe(self, layer_idx: int, keys: torch.Tensor, n_new: int) -> None:
-        q = self._queries.pop(layer_idx, None)
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Check the queries first, so that a failed call stores nothing (a retry must not see its tokens twice)."""
+        q = self._queries.get(layer_idx)
         if q is None:
             raise RuntimeError("HeavyHitterCache needs the queries to score tokens: run the model inside "
                                "`with cache.attach(model):`")
-        if q.shape[0] != keys.shape[0] or q.shape[2] != n_new or q.shape[3] != keys.shape[3]:
-            raise RuntimeError(f"queries {tuple(q.shape)} do not belong to this update (keys {tuple(keys.shape)}, "
-                               f"{n_new} new): is the model attached to this cache running with another one?")
+        if q.shape[0] != key.shape[0] or q.shape[2] != key.shape[2] or q.shape[3] != key.shape[3]:
+            raise RuntimeError(f"queries {tuple(q.shape)} do not belong to this update (keys {tuple(key.shape)}): "
+                               "is the model attached to this cache running with another one?")
+        return super().update(key, value, layer_idx)
+
+    def _observe(self, layer_idx: int, keys: torch.Tensor, n_new: int) -> None:
+        q = self._queries.pop(layer_idx)  # (B, H, n_new, D), checked in `update`
         received = received_attention(q, keys)  # (B, H_kv, T_all)
         if layer_idx == len(self.scores):
             self.scores.append(received)

@@ -8,6 +8,7 @@ Both phases are timed here, once, so every chapter and benchmark measures speed 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -47,6 +48,10 @@ class GenerationStats:
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token per row from last-position logits (B, vocab): argmax when temperature is 0, else sample."""
+    _check_sampling(temperature, top_k)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a (batch, vocab_size) tensor, got {shape}; use logits[None] for one row")
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits / temperature
@@ -54,6 +59,14 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
         kth_best = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)  # (B, 1)
+
+
+def _check_sampling(temperature: float, top_k: int | None) -> None:
+    """A negative or NaN temperature, or a bool top_k, would sample from the wrong distribution or fail deep inside."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
 
 
 def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use_cache: bool, cache: Cache | None,
@@ -64,10 +77,10 @@ def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use
         raise ValueError(f"idx must be a (batch, seq_len) tensor of token ids, got {shape}; use idx[None] for one row")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    _check_sampling(temperature, top_k)
+    if cache is not None and not isinstance(cache, Cache):
+        raise TypeError(f"cache must be a kvlab Cache instance such as kvlab.DynamicCache() (or None), "
+                        f"got {cache!r}")
     if cache is not None and not use_cache:
         raise ValueError("a cache was passed with use_cache=False; pass use_cache=True or drop the cache")
     total = idx.shape[1] + max_new_tokens
@@ -77,6 +90,12 @@ def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use
     if cache is not None and cache.get_seq_length() >= idx.shape[1]:
         raise ValueError(f"the cache already holds {cache.get_seq_length()} tokens but idx has only {idx.shape[1]}; "
                          "pass the full sequence, of which the cache holds a prefix")
+    past = cache.get_seq_length() if cache is not None else 0
+    fed = cache.token_ids if cache is not None else None  # what an earlier `generate` fed this cache, if any
+    if past and fed is not None and fed.shape[1] >= past and (
+            fed.shape[0] != idx.shape[0] or not torch.equal(fed[:, :past].to(idx.device), idx[:, :past])):
+        raise ValueError(f"the cache holds {past} tokens of another sequence: idx must start with the tokens it was "
+                         "fed (a prefix to reuse), or call cache.reset() first")
 
 
 def _clock(device: torch.device) -> float:
@@ -93,6 +112,9 @@ def generate_with_stats(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, 
                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, GenerationStats]:
     """`generate`, also returning prefill and per-step decode timings."""
     _check_arguments(model, idx, max_new_tokens, use_cache, cache, temperature, top_k)
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)
+                               or not 0 <= eos_id < model.config.vocab_size):
+        raise ValueError(f"eos_id must be None or a token id in 0..{model.config.vocab_size - 1}, got {eos_id!r}")
     if use_cache and cache is None:
         cache = DynamicCache()
     stats = GenerationStats(prompt_len=idx.shape[1], new_tokens=0, prefill_s=0.0)
@@ -118,6 +140,8 @@ def generate_with_stats(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, 
         stats.new_tokens += 1
         if eos_id is not None and bool(finished.all()):
             break
+    if cache is not None:
+        cache.token_ids = idx[:, :cache.get_seq_length()]  # what it holds, so a later call can check it continues
     return idx, stats
 
 

@@ -1,7 +1,7 @@
 """A lean decode loop: the same model and the same numbers, with the per-step overhead taken out.
 
 `TinyGPT.forward` is written to be read: modules that call modules, input checks on every call, a `Cache` object
-that checks its arguments. On a GPT-2-sized model none of that matters, because a decode step spends its time
+that checks its arguments. On a GPT-2-sized model that matters little, because a decode step spends its time
 reading the weights. On a course-sized model (4 layers x 128) it matters a lot: a decode step is about a hundred
 tiny tensor operations, each a few microseconds of Python and dispatcher work around far less arithmetic, so the
 bookkeeping around the maths is a large share of the step (benchmarks/README.md, figure 2a).
@@ -9,7 +9,8 @@ bookkeeping around the maths is a large share of the step (benchmarks/README.md,
 `lean_generate` computes exactly what `generate` computes, from the model's own weights, the way inference engines
 do it: the weights are gathered once into plain tuples, the keys and values go into one pre-allocated buffer per
 layer (a `StaticCache` without the object around it), and prefill and decode are one straight-line function with
-no checks inside the loop (the prompt is checked once; every later token comes from the model's own vocabulary).
+no input checks inside the loop beyond one bounds check on the position (the prompt is checked once; every later
+token comes from the model's own vocabulary).
 The readable model stays the reference: tests check that both give the same tokens and logits.
 """
 
@@ -63,6 +64,9 @@ def lean_forward(model: TinyGPT, layers: list[LayerWeights], kv: list[tuple[torc
     c = model.config
     B, T = new.shape
     C, H, H_kv, D = c.d_model, c.n_head, c.n_kv_head, c.head_dim
+    if not 0 <= pos <= min(kv[0][0].shape[-2], c.max_seq_len) - T:  # one comparison: the buffer must have room
+        raise ValueError(f"pos must be in 0..{min(kv[0][0].shape[-2], c.max_seq_len) - T} for {T} new tokens "
+                         f"(buffer of {kv[0][0].shape[-2]} positions, max_seq_len={c.max_seq_len}), got {pos}")
     eps = model.ln_f.eps
     x = model.wte.weight[new] + model.wpe.weight[pos:pos + T]  # (B, T, C)
     mask = causal_mask(T, pos + T, x.device) if T > 1 and pos > 0 else None  # (T, pos + T), as in the model

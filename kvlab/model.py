@@ -113,6 +113,9 @@ class CausalSelfAttention(nn.Module):
         """Fused attention; the mask is only needed when several new queries meet cached keys, or rows are padded."""
         T, S = q.shape[-2], k.shape[-2]
         if mask is not None:  # a padded batch: `padding_mask` built it, (B, 1, T, S)
+            if mask.shape[-1] != S:  # e.g. an evicting cache returned fewer keys than the mask's tokens
+                raise ValueError(f"attention_mask covers {mask.shape[-1]} tokens but the cache returned {S} keys: "
+                                 "padded batches need a cache that keeps every token")
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if T == 1:  # decode: the one new token may look at everything
             return F.scaled_dot_product_attention(q, k, v)
@@ -199,8 +202,9 @@ class TinyGPT(nn.Module):
             raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
         if idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
-        if idx.dim() != 2 or idx.shape[1] == 0:
-            raise ValueError(f"idx must have shape (batch, seq_len) with seq_len >= 1, got {tuple(idx.shape)}")
+        if idx.dim() != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"idx must have shape (batch, seq_len) with batch >= 1 and seq_len >= 1, "
+                             f"got {tuple(idx.shape)}")
         if past + idx.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + idx.shape[1]} tokens ({past} cached + {idx.shape[1]} new) "
                              f"exceeds max_seq_len={self.config.max_seq_len}")

@@ -25,7 +25,7 @@ from collections import Counter
 
 import torch
 
-from .cache import Cache
+from .cache import Cache, _check_beam_idx
 
 __all__ = ["BlockPool", "PagedCache"]
 
@@ -195,6 +195,7 @@ class PagedCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         """Row i takes row beam_idx[i]'s block table: beams that share a parent share its blocks (no copy)."""
+        _check_beam_idx(beam_idx, len(self.block_tables) or None)
         old_blocks = self._blocks()
         self.block_tables = [list(self.block_tables[i]) for i in beam_idx.tolist()]
         for block in self._blocks():  # count the new users first, so no kept block is freed on the way

@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from .cache import Cache, DynamicCache
+from .compressed_cache import EvictionCache
 from .generate import _check_arguments, sample_next_token
 from .model import GPTConfig, TinyGPT
 
@@ -59,9 +60,9 @@ def generate_batch(model: TinyGPT, prompts: list[list[int]], max_new_tokens: int
 
     Each step feeds the model the newest token of every row and extends the attention mask by one real column, so
     the padding stays hidden for the whole generation. Greedy (temperature 0) rows equal `kvlab.generate` on each
-    prompt alone. `cache` defaults to a fresh `DynamicCache`; any empty cache works (a `StaticCache` needs
-    batch_size = len(prompts) and room for T_max + max_new_tokens). With `return_logits=True` also returns the
-    last-position logits of every step, (B, max_new_tokens, vocab_size).
+    prompt alone. `cache` defaults to a fresh `DynamicCache`; any empty cache that keeps every token works (a
+    `StaticCache` needs batch_size = len(prompts) and room for T_max + max_new_tokens; evicting caches do not).
+    With `return_logits=True` also returns the last-position logits of every step, (B, max_new_tokens, vocab_size).
     """
     idx, attention_mask = pad_left(prompts, pad_id)
     _check_arguments(model, idx, max_new_tokens, True, None, temperature, top_k)  # generate's checks
@@ -71,6 +72,9 @@ def generate_batch(model: TinyGPT, prompts: list[list[int]], max_new_tokens: int
         raise TypeError(f"cache must be a kvlab Cache (or None for a DynamicCache), got {type(cache).__name__}")
     if cache.get_seq_length() != 0:
         raise ValueError(f"generate_batch needs an empty cache, got one holding {cache.get_seq_length()} tokens")
+    if isinstance(cache, EvictionCache):
+        raise ValueError(f"generate_batch's attention mask covers every token, but a {type(cache).__name__} drops "
+                         "some: use a cache that keeps them all (DynamicCache, StaticCache, QuantizedCache, ...)")
     device = model.wte.weight.device
     model_input, attention_mask = idx.to(device), attention_mask.to(device)
     new_tokens, step_logits = [], []

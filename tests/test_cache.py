@@ -120,3 +120,52 @@ def test_dynamic_cache_holds_views_of_the_qkv_output_until_its_first_concatenati
         model(idx[:, :1], cache)
     keys = cache.keys[0]
     assert keys.untyped_storage().nbytes() == keys.nbytes and keys.is_contiguous()  # torch.cat's own tensor
+
+
+# --- bad input found by an audit ---
+
+def _filled(cache, batch=2):
+    keys, values = _kv(batch=batch, heads=4, tokens=3, dim=8)
+    cache.update(keys, values, 0)
+    return cache
+
+
+@pytest.mark.parametrize("make", [
+    kvlab.DynamicCache, lambda: kvlab.StaticCache(_config(n_layer=1), 2, 10),
+    lambda: kvlab.compressed_cache.QuantizedCache(group_size=2, residual_length=2),
+    lambda: kvlab.compressed_cache.SlidingWindowCache(8),
+])
+def test_reorder_cache_rejects_rows_it_does_not_have(make):
+    cache = _filled(make())
+    with pytest.raises(ValueError, match=r"beam_idx must hold rows 0..1, got \[0, 2\]"):
+        cache.reorder_cache(torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"beam_idx must hold rows 0..1, got \[-1, 0\]"):
+        cache.reorder_cache(torch.tensor([-1, 0]))
+    with pytest.raises(TypeError, match="beam_idx must be a 1-D tensor of row indices .* got list"):
+        cache.reorder_cache([1, 0])
+    with pytest.raises(TypeError, match="beam_idx must be a 1-D tensor of row indices .* got 1-D torch.float32"):
+        cache.reorder_cache(torch.tensor([1.0, 0.0]))
+
+
+def test_static_cache_reorder_needs_one_index_per_row():
+    """It used to broadcast a single index over both rows, silently."""
+    cache = _filled(kvlab.StaticCache(_config(n_layer=1), 2, 10))
+    with pytest.raises(ValueError, match="one row for each of the cache's 2 rows, got 1 indices"):
+        cache.reorder_cache(torch.tensor([1]))
+
+
+def test_dynamic_cache_rejects_keys_of_another_batch_size():
+    cache = _filled(kvlab.DynamicCache(), batch=1)
+    keys, values = _kv(batch=2, heads=4, tokens=1, dim=8)
+    with pytest.raises(ValueError, match=r"key shape \(2, 4, 1, 8\) does not fit the cache's .* = \(1, 4, 3, 8\)"):
+        cache.update(keys, values, 0)
+
+
+def test_paged_cache_reorder_rejects_a_negative_row():
+    from kvlab.paged_cache import BlockPool, PagedCache
+
+    config = _config(n_layer=1)
+    cache = PagedCache(BlockPool(config, n_blocks=8, block_size=4))
+    cache.update(*_kv(batch=2, heads=4, tokens=3, dim=8), 0)
+    with pytest.raises(ValueError, match=r"beam_idx must hold rows 0..1, got \[0, -1\]"):
+        cache.reorder_cache(torch.tensor([0, -1]))

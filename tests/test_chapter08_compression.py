@@ -788,3 +788,17 @@ def test_lossy_caches_on_cuda_match_cpu(hello, held_out):
             assert torch.equal(gpu_cache.positions[0].cpu(), cpu_cache.positions[0])
             torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, atol=1e-3, rtol=0)
 
+
+
+def test_heavy_hitter_cache_stores_nothing_when_it_refuses_an_update(hello):
+    """The 'not attached' error used to come after layer 0 had stored its tokens, so a retry saw them twice."""
+    model, tokenizer = hello
+    idx = tokenizer.encode_batch("the cache trades")
+    cache = HeavyHitterCache(8)
+    with pytest.raises(RuntimeError, match="run the model inside `with cache.attach\\(model\\):`"):
+        model(idx, cache)
+    assert cache.get_seq_length() == 0 and cache.nbytes == 0
+    with cache.attach(model), torch.inference_mode():
+        logits = model(idx, cache)
+    assert [cache.get_seq_length(layer) for layer in range(4)] == [idx.shape[1]] * 4
+    torch.testing.assert_close(logits, model(idx), rtol=0, atol=1e-5)  # the prompt fits the budget's prefill

@@ -220,7 +220,7 @@ def test_generate_batch_samples_reproducibly(hello):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
     (dict(max_new_tokens=60), r"prompt \(5\) \+ max_new_tokens \(60\) = 65 exceeds max_seq_len=64"),
-    (dict(max_new_tokens=2, temperature=-1.0), "temperature must be a number >= 0"),
+    (dict(max_new_tokens=2, temperature=-1.0), "temperature must be a finite number >= 0"),
     (dict(max_new_tokens=2, top_k=0), "top_k must be None or an int >= 1"),
 ])
 def test_generate_batch_bad_arguments(kwargs, message):
@@ -584,3 +584,21 @@ def test_exercise_answers():
     assert memory.kv_cache_bytes_per_device(32, 1, 8192, 4096, 2, n_head=32, n_kv_head=8, tp=8) == \
         2 * 32 * 8192 * 1 * 128 * 2 == 134_217_728
     assert (llama8.n_layer, llama8.d_model, llama8.n_head, llama8.n_kv_head) == (32, 4096, 32, 8)
+
+
+@pytest.mark.parametrize("make", [lambda: kvlab.compressed_cache.SlidingWindowCache(4),
+                                  lambda: kvlab.compressed_cache.SinkCache(4, 1)])
+def test_generate_batch_refuses_caches_that_drop_tokens(make):
+    model = random_model()
+    with pytest.raises(ValueError, match="a (SlidingWindowCache|SinkCache) drops some"):
+        generate_batch(model, [[1, 2, 3, 4, 5], [6, 7]], 4, cache=make())
+
+
+def test_model_names_a_mask_that_does_not_cover_the_keys():
+    model = random_model()
+    cache = kvlab.compressed_cache.SlidingWindowCache(4)
+    idx = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.inference_mode():
+        model(idx, cache)  # the cache keeps 4 of 6 tokens
+        with pytest.raises(ValueError, match="attention_mask covers 7 tokens but the cache returned 5 keys"):
+            model(idx[:, -1:], cache, torch.ones(1, 7, dtype=torch.long))

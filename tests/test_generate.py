@@ -5,6 +5,7 @@ import torch
 
 import kvlab
 from conftest import random_model
+from kvlab.generate import sample_next_token
 
 
 def _all_ways(model, prompt, n):
@@ -83,7 +84,7 @@ def test_stats_time_every_token():
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(max_new_tokens=0), ValueError, "max_new_tokens must be an int >= 1, got 0"),
     (dict(max_new_tokens=61), ValueError, "prompt \\(4\\) \\+ max_new_tokens \\(61\\) = 65 exceeds max_seq_len=64"),
-    (dict(temperature=-1.0), ValueError, "temperature must be a number >= 0 .* got -1.0"),
+    (dict(temperature=-1.0), ValueError, "temperature must be a finite number >= 0 .* got -1.0"),
     (dict(temperature=1.0, top_k=0), ValueError, "top_k must be None or an int >= 1, got 0"),
     (dict(use_cache=False, cache=kvlab.DynamicCache()), ValueError, "a cache was passed with use_cache=False"),
     (dict(idx=torch.tensor([1, 2, 3, 4])), ValueError, "got \\(4,\\); use idx\\[None\\]"),
@@ -100,3 +101,55 @@ def test_static_cache_too_small_for_the_generation_fails_loudly():
     cache = kvlab.StaticCache(model.config, batch_size=1, max_cache_len=6)
     with pytest.raises(ValueError, match="StaticCache overflow: 7 tokens do not fit max_cache_len=6"):
         kvlab.generate(model, torch.tensor([[1, 2, 3, 4]]), 5, cache=cache)
+
+
+# --- bad input found by an audit: each was a silent wrong answer or a cryptic error ---
+
+def test_reusing_a_cache_for_another_prompt_is_an_error_not_a_wrong_continuation():
+    model = random_model(seed=3)
+    cache = kvlab.DynamicCache()
+    first = kvlab.generate(model, torch.tensor([[1, 2, 3]]), 3, cache=cache)  # the cache now holds 5 tokens
+    with pytest.raises(ValueError, match="the cache holds 5 tokens of another sequence"):
+        kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10]]), 2, cache=cache)
+    longer = kvlab.generate(model, first, 2, cache=cache)  # continuing the same text reuses the prefix
+    assert torch.equal(longer, kvlab.generate(model, first, 2))
+    cache.reset()
+    kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10]]), 2, cache=cache)  # after reset anything goes
+    with pytest.raises(ValueError, match="another sequence"):  # a different batch size is another sequence too
+        kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11, 12]] * 2), 2, cache=cache)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(eos_id=37), ValueError, r"eos_id must be None or a token id in 0..36, got 37"),
+    (dict(eos_id=-1), ValueError, r"eos_id must be None or a token id in 0..36, got -1"),
+    (dict(eos_id=True), ValueError, r"eos_id must be None or a token id"),
+    (dict(temperature=float("nan")), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature=float("inf")), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature=True), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature=1.0, top_k=True), ValueError, r"top_k must be None or an int >= 1, got True"),
+    (dict(cache=kvlab.DynamicCache), TypeError, r"cache must be a kvlab Cache instance"),
+    (dict(cache={}), TypeError, r"cache must be a kvlab Cache instance .* got \{\}"),
+])
+def test_generate_rejects_bad_sampling_eos_and_cache(kwargs, error, message):
+    model = random_model()
+    with pytest.raises(error, match=message):
+        kvlab.generate(model, torch.tensor([[1, 2]]), 3, **kwargs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), -1.0),
+     "temperature must be a finite number >= 0"),
+    (lambda: sample_next_token(torch.tensor([5.0, 0, 0])),
+     r"logits must be a \(batch, vocab_size\) tensor, got \(3,\)"),
+    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), 1.0, 0),
+     "top_k must be None or an int >= 1, got 0"),
+])
+def test_sample_next_token_checks_its_own_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_empty_batch_is_a_clear_error():
+    model = random_model()
+    with pytest.raises(ValueError, match=r"batch >= 1 and seq_len >= 1, got \(0, 4\)"):
+        model(torch.empty(0, 4, dtype=torch.long))

@@ -78,7 +78,7 @@ def test_layer_weights_are_the_models_own_tensors():
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(max_new_tokens=0), ValueError, "max_new_tokens must be an int >= 1, got 0"),
     (dict(max_new_tokens=60), ValueError, "exceeds max_seq_len=64"),
-    (dict(temperature=-1.0), ValueError, "temperature must be a number >= 0"),
+    (dict(temperature=-1.0), ValueError, "temperature must be a finite number >= 0"),
     (dict(top_k=0), ValueError, "top_k must be None or an int >= 1, got 0"),
     (dict(idx=torch.tensor([[1, 99]])), ValueError, "token id 99 is out of range: ids must be in 0..36"),
     (dict(idx=torch.tensor([[1.0, 2.0]])), TypeError, "idx must hold integer token ids"),
@@ -106,3 +106,12 @@ def test_lean_step_runs_no_more_operations_than_the_models(hello):
         lean_ops = bench.count_operations(lambda: lean_forward(model, layers, kv, idx[:, -1:], 15)).total()
         model_ops = bench.count_operations(lambda: model(idx[:, -1:], cache)).total()
     assert 0.8 * model_ops <= lean_ops <= model_ops, (lean_ops, model_ops)
+
+
+@pytest.mark.parametrize("pos, T", [(-1, 1), (16, 1), (14, 3)])
+def test_lean_forward_rejects_a_position_outside_its_buffer(pos, T):
+    """Writing past the buffer used to be a silent no-op that attended to zeros."""
+    model = random_model(0)
+    layers = [layer_weights(block) for block in model.blocks]
+    with pytest.raises(ValueError, match=f"pos must be in 0..{16 - T} for {T} new tokens .* got {pos}"):
+        lean_forward(model, layers, _empty_kv(model, 1, 16), torch.ones(1, T, dtype=torch.long), pos)
