@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         print({"memory": _memory, "generate": _generate, "info": _info, "bench": _bench}[args.command](args))
-    except (_UsageError, ValueError, TypeError) as error:
+    except (_UsageError, ValueError, TypeError, OverflowError) as error:
         print(f"kvlab: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -44,7 +44,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def _check_bits(bits: object) -> None:
-    if isinstance(bits, bool) or bits not in BITS:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
 
 

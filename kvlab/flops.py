@@ -35,8 +35,8 @@ def forward_flops_breakdown(config, n_new: int, n_past: int = 0) -> dict[str, in
     """FLOPs of one forward of `n_new` tokens over `n_past` cached ones, by kind of matmul (all layers summed)."""
     _check_count("n_new", n_new, 1)
     _check_count("n_past", n_past, 0)
-    d, n_layer = config.d_model, config.n_layer
-    kv_dim = config.n_kv_head * (d // config.n_head)
+    n_layer, n_head, n_kv_head, d, vocab_size = _checked_shape(config)
+    kv_dim = n_kv_head * (d // n_head)
     n_keys = n_past + n_new
     return {
         "qkv": n_layer * 2 * n_new * d * (d + 2 * kv_dim),
@@ -44,7 +44,7 @@ def forward_flops_breakdown(config, n_new: int, n_past: int = 0) -> dict[str, in
         "attn_values": n_layer * 2 * n_new * n_keys * d,
         "attn_proj": n_layer * 2 * n_new * d * d,
         "mlp": n_layer * 2 * n_new * d * 4 * d * 2,
-        "lm_head": 2 * n_new * d * config.vocab_size,
+        "lm_head": 2 * n_new * d * vocab_size,
     }
 
 
@@ -60,6 +60,7 @@ def decode_step_flops(config, t: int, use_cache: bool = True) -> int:
     Without one all t tokens are recomputed: the projections and MLP grow like t, attention like t².
     """
     _check_count("t", t, 1)
+    _check_use_cache(use_cache)
     return forward_flops(config, 1, t - 1) if use_cache else forward_flops(config, t, 0)
 
 
@@ -70,6 +71,7 @@ def generation_flops(config, prompt_len: int, n_new: int, use_cache: bool = True
     """
     _check_count("prompt_len", prompt_len, 1)
     _check_count("n_new", n_new, 1)
+    _check_use_cache(use_cache)
     total = forward_flops(config, prompt_len, 0)  # prefill, the same with or without a cache
     for t in range(prompt_len + 1, prompt_len + n_new):
         total += decode_step_flops(config, t, use_cache)
@@ -90,6 +92,16 @@ def _shape(config, names: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(getattr(config, name) for name in names)
 
 
+def _checked_shape(config) -> tuple[int, int, int, int, int]:
+    """(n_layer, n_head, n_kv_head, d_model, vocab_size), checked: heads must split d_model and group evenly."""
+    n_layer, n_head, n_kv_head, d, vocab_size = _shape(config, _COST_FIELDS)
+    if d % n_head:
+        raise ValueError(f"config.d_model ({d}) must be divisible by config.n_head ({n_head})")
+    if n_head % n_kv_head:
+        raise ValueError(f"config.n_head ({n_head}) must be divisible by config.n_kv_head ({n_kv_head})")
+    return n_layer, n_head, n_kv_head, d, vocab_size
+
+
 def n_params(config) -> int:
     """Parameters of a GPT-2-architecture model (`kvlab.TinyGPT`) of this shape, the tied LM head counted once.
 
@@ -98,8 +110,8 @@ def n_params(config) -> int:
     embeddings (vocab_size · d + max_seq_len · d) and the final LayerNorm (2d). With GPT-2 small's shape this is
     124,439,808, the size of the released weights. (Llama-style models have other layers: use their published count.)
     """
-    n_layer, n_head, n_kv_head, d, vocab, max_seq_len = _shape(
-        config, ("n_layer", "n_head", "n_kv_head", "d_model", "vocab_size", "max_seq_len"))
+    n_layer, n_head, n_kv_head, d, vocab = _checked_shape(config)
+    (max_seq_len,) = _shape(config, ("max_seq_len",))
     kv_dim = n_kv_head * (d // n_head)
     per_layer = (2 * 2 * d  # ln_1, ln_2: weight and bias
                  + d * (d + 2 * kv_dim) + (d + 2 * kv_dim)  # qkv

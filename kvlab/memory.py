@@ -140,7 +140,13 @@ class ModelPreset:
 
 def kv_bytes_per_token(preset: ModelPreset, bytes_per_elem: float = 2) -> int:
     """Cache bytes each token adds (batch 1, one position): the slope of memory vs. context."""
+    _check_preset(preset)
     return preset.kv_cache_bytes(1, 1, bytes_per_elem)
+
+
+def _check_preset(preset: object) -> None:
+    if not isinstance(preset, ModelPreset):
+        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
 
 
 _GPT2 = "Radford et al. 2019 (GPT-2); Hugging Face gpt2 config.json"
@@ -197,6 +203,8 @@ def format_bytes(n_bytes: int) -> str:
         raise TypeError(f"n_bytes must be a number of bytes, got {n_bytes!r} ({type(n_bytes).__name__})")
     if not n_bytes >= 0:  # also catches NaN
         raise ValueError(f"n_bytes must be >= 0, got {n_bytes!r}")
+    if n_bytes == math.inf:  # (an int beyond float range raises OverflowError when scaled, which callers catch)
+        raise ValueError(f"n_bytes must be a finite number of bytes, got {n_bytes!r}")
     if n_bytes < 1024:
         return f"{n_bytes} B"
     binary = _scaled(n_bytes, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
@@ -216,6 +224,7 @@ def max_tokens_that_fit(
     and fragmentation. Returns 0 when the weights alone do not fit.
     `weight_bytes` defaults to the weights stored in the same dtype as the cache.
     """
+    _check_preset(preset)
     _check_int("memory_bytes", memory_bytes, 0)
     if weight_bytes is None:
         weight_bytes = preset.weight_bytes(bytes_per_elem)
@@ -234,8 +243,7 @@ def tokens_to_outgrow_weights(preset: ModelPreset, bytes_per_elem: float = 2, we
     point; past it, a serving GPU spends more memory on remembered tokens than on the model itself.
     `weight_bytes` defaults to the weights stored in the same dtype as the cache.
     """
-    if not isinstance(preset, ModelPreset):
-        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
+    _check_preset(preset)
     if weight_bytes is None:
         weight_bytes = preset.weight_bytes(bytes_per_elem)
     _check_int("weight_bytes", weight_bytes, 0)
@@ -340,6 +348,8 @@ def memory_report(
         raise TypeError(f"gpu_gib must be a number of GiB > 0, got {gpu_gib!r} ({type(gpu_gib).__name__})")
     if not (gpu_gib > 0 and (isinstance(gpu_gib, int) or math.isfinite(gpu_gib))):
         raise ValueError(f"gpu_gib must be a finite number > 0, got {gpu_gib!r}")
+    if gpu_gib * GIB < 1:  # rounds to 0 bytes, and every share of the GPU would divide by zero
+        raise ValueError(f"gpu_gib must be at least one byte (1 / 2**30 GiB), got {gpu_gib!r}")
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {name!r} ({type(name).__name__})")
     width = bytes_per_element(dtype)
@@ -426,7 +436,7 @@ def quantized_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, n_kv_h
                                  ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
                                  ("group_size", group_size, 1), ("residual_length", residual_length, 0)):
         _check_int(name, value, minimum)
-    if isinstance(bits, bool) or bits not in (4, 8):
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     if bits == 4 and head_dim % 2:
         raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {head_dim}")

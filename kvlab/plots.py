@@ -7,6 +7,9 @@ can redraw the same picture and a test can call them without a browser. matplotl
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import matplotlib.pyplot as plt
 
 from . import memory
@@ -43,11 +46,13 @@ def copied_bytes_vs_length(lengths, measured: dict, formula: dict | None = None,
     Θ(T) one of slope 1.
     """
     lengths = list(lengths)
+    if not lengths:
+        raise ValueError("lengths must hold at least one length (a log axis needs a point)")
     for label, values in list(measured.items()) + list((formula or {}).items()):
         if len(values) != len(lengths):
             raise ValueError(f"{label!r} has {len(values)} values for {len(lengths)} lengths")
-        if any(v <= 0 for v in values) or any(t <= 0 for t in lengths):
-            raise ValueError(f"log axes need positive lengths and byte counts; {label!r} has one <= 0")
+        if not all(0 < v < math.inf for v in list(values) + lengths):  # also rejects NaN
+            raise ValueError(f"log axes need finite, positive lengths and byte counts; {label!r} has one that is not")
     fig, ax = _axes(ax)
     for i, (label, values) in enumerate(measured.items()):
         color = f"C{i}"
@@ -410,8 +415,8 @@ def plot_batch_sweep(batch_sizes, tokens_per_s, latency_s, budget_s: float = 0.0
     """
     throughput = _xy_series("throughput", {"decode": (batch_sizes, tokens_per_s)})["decode"]
     latency = _xy_series("latency", {"decode": (batch_sizes, latency_s)})["decode"]
-    if not (isinstance(budget_s, (int, float)) and budget_s > 0):
-        raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
+    if not (isinstance(budget_s, (int, float)) and 0 < budget_s < math.inf):
+        raise ValueError(f"budget_s must be a finite number of seconds > 0, got {budget_s!r}")
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), dpi=80, layout="constrained")
     fig = axes[0].figure
@@ -674,12 +679,12 @@ def plot_paging_waste(block_sizes, paged_bytes, contiguous_bytes: int, formula_b
     for name, values in series.items():
         if len(values) != len(block_sizes):
             raise ValueError(f"{name} has {len(values)} values for {len(block_sizes)} block sizes")
-        if any(not isinstance(v, (int, float)) or v < 0 for v in values):
-            raise ValueError(f"{name} must hold byte counts >= 0, got {values!r}")
-    if not block_sizes or any(not isinstance(b, int) or b < 1 for b in block_sizes):
+        if any(not isinstance(v, numbers.Real) or not 0 <= v < math.inf for v in values):
+            raise ValueError(f"{name} must hold finite byte counts >= 0, got {values!r}")
+    if not block_sizes or any(not isinstance(b, numbers.Integral) or b < 1 for b in block_sizes):
         raise ValueError(f"block_sizes must be ints >= 1 (a log axis), got {block_sizes!r}")
-    if not isinstance(contiguous_bytes, (int, float)) or contiguous_bytes < 0:
-        raise ValueError(f"contiguous_bytes must be a byte count >= 0, got {contiguous_bytes!r}")
+    if not isinstance(contiguous_bytes, numbers.Real) or not 0 <= contiguous_bytes < math.inf:
+        raise ValueError(f"contiguous_bytes must be a finite byte count >= 0, got {contiguous_bytes!r}")
     fig, ax = _axes(ax)
     kib = 1024
     ax.axhline(contiguous_bytes / kib, color="C3", label="contiguous: one max_len buffer per request")
@@ -754,7 +759,7 @@ def plot_bytes_per_step(bytes_by_label: dict, first: int = 1, ax=None, title: st
     fig, ax = _axes(ax)
     for label, values in bytes_by_label.items():
         values = list(values)
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0 for v in values):
             raise ValueError(f"{label!r}: need a non-empty list of byte counts (ints >= 0)")
         ax.plot(range(first, first + len(values)), [v / 1024 for v in values], label=label)
     ax.set_xlabel("tokens seen by the cache")

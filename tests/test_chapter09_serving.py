@@ -571,7 +571,7 @@ def test_plot_paging_waste_draws_and_checks_its_input():
         plots.plot_paging_waste([1, 2, 4], [0, 10], 100)
     with pytest.raises(ValueError, match="block_sizes must be ints >= 1"):
         plots.plot_paging_waste([0, 2], [0, 10], 100)
-    with pytest.raises(ValueError, match="contiguous_bytes must be a byte count >= 0"):
+    with pytest.raises(ValueError, match="contiguous_bytes must be a finite byte count >= 0"):
         plots.plot_paging_waste([1, 2], [0, 10], -1)
 
 

@@ -7,6 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kvlab
 from kvlab.bench import _math_attention, count_flops
+from kvlab import flops
 from kvlab.flops import decode_step_flops, forward_flops, forward_flops_breakdown, generation_flops
 from conftest import random_model
 
@@ -57,3 +58,29 @@ def test_breakdown_scaling_per_decode_step():
 def test_bad_counts_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call(kvlab.GPTConfig(vocab_size=10, n_head=2, d_model=8))
+
+
+# --- bad input found by an audit: each gave a silent wrong number ---
+
+@pytest.mark.parametrize("call", [
+    lambda c: flops.generation_flops(c, 4, 10, use_cache="False"),
+    lambda c: flops.generation_flops(c, 4, 10, use_cache=None),
+    lambda c: flops.decode_step_flops(c, 5, use_cache=1),
+])
+def test_use_cache_must_be_a_bool_everywhere(call):
+    with pytest.raises(TypeError, match="use_cache must be True or False"):
+        call(kvlab.GPTConfig())
+
+
+@pytest.mark.parametrize("fn", [lambda c: flops.forward_flops(c, 1), flops.n_params])
+def test_shapes_that_do_not_divide_are_errors_not_rounded(fn):
+    from kvlab.memory import ModelPreset
+
+    uneven = ModelPreset("x", 2, 100, 3, 3, 10, 10, 10, "")  # d_model 100 over 3 heads
+    with pytest.raises(ValueError, match=r"config.d_model \(100\) must be divisible by config.n_head \(3\)"):
+        fn(uneven)
+    more_kv_heads = ModelPreset("y", 2, 96, 12, 24, 10, 10, 10, "")
+    with pytest.raises(ValueError, match=r"config.n_head \(12\) must be divisible by config.n_kv_head \(24\)"):
+        fn(more_kv_heads)
+    with pytest.raises(TypeError, match="config must have .* str lacks"):
+        fn("gpt2-small")

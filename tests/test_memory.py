@@ -247,3 +247,25 @@ def test_memory_module_imports_neither_torch_nor_numpy():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# --- bad input found by an audit ---
+
+def test_preset_functions_name_a_preset_id_passed_by_mistake():
+    for call in (lambda: memory.max_tokens_that_fit("llama2-7b", 80 * 2**30),
+                 lambda: memory.kv_bytes_per_token("llama2-7b")):
+        with pytest.raises(TypeError, match="preset must be a ModelPreset .* got 'llama2-7b'"):
+            call()
+
+
+def test_a_gpu_smaller_than_a_byte_and_infinite_bytes_are_errors():
+    with pytest.raises(ValueError, match="gpu_gib must be at least one byte"):
+        memory.preset_report("llama2-7b", 1, 4096, gpu_gib=1e-10)
+    with pytest.raises(ValueError, match="n_bytes must be a finite number of bytes, got inf"):
+        memory.format_bytes(float("inf"))
+
+
+def test_quantized_bits_must_be_an_int():
+    with pytest.raises(ValueError, match="bits"):
+        memory.quantized_kv_cache_bytes(1, 1, 100, 1, 64, 4.0, group_size=32, residual_length=32)
+    assert isinstance(memory.quantized_kv_cache_bytes(1, 1, 100, 1, 64, 4, group_size=32, residual_length=32), int)
