@@ -63,7 +63,8 @@ def _check_beam_idx(beam_idx: object, batch_size: int | None, fixed: bool = Fals
     """`reorder_cache`'s argument: row i of the new cache is row beam_idx[i] of the old one (`fixed`: same count)."""
     if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1 or beam_idx.dtype not in (torch.int64,
                                                                                                torch.int32):
-        shown = f"{beam_idx.dim()}-D {beam_idx.dtype}" if isinstance(beam_idx, torch.Tensor) else type(beam_idx).__name__
+        is_tensor = isinstance(beam_idx, torch.Tensor)
+        shown = f"{beam_idx.dim()}-D {beam_idx.dtype}" if is_tensor else type(beam_idx).__name__
         raise TypeError(f"beam_idx must be a 1-D tensor of row indices (torch.long), got {shown}")
     if batch_size is None:  # nothing stored yet
         return

@@ -138,15 +138,15 @@ class ModelPreset:
         return _whole_bytes(self.n_params, bytes_per_elem)
 
 
+def _check_preset(preset: object) -> None:
+    if not isinstance(preset, ModelPreset):
+        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
+
+
 def kv_bytes_per_token(preset: ModelPreset, bytes_per_elem: float = 2) -> int:
     """Cache bytes each token adds (batch 1, one position): the slope of memory vs. context."""
     _check_preset(preset)
     return preset.kv_cache_bytes(1, 1, bytes_per_elem)
-
-
-def _check_preset(preset: object) -> None:
-    if not isinstance(preset, ModelPreset):
-        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
 
 
 _GPT2 = "Radford et al. 2019 (GPT-2); Hugging Face gpt2 config.json"
