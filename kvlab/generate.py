@@ -52,6 +52,12 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"logits must be a (batch, vocab_size) tensor, got {shape}; use logits[None] for one row")
+    return _sample(logits, temperature, top_k, generator)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+            generator: torch.Generator | None) -> torch.Tensor:
+    """`sample_next_token` without its checks, for a loop that checked its arguments once before the first step."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits / temperature
@@ -87,10 +93,10 @@ def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use
     if total > model.config.max_seq_len:
         raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                          f"max_seq_len={model.config.max_seq_len}")
-    if cache is not None and cache.get_seq_length() >= idx.shape[1]:
-        raise ValueError(f"the cache already holds {cache.get_seq_length()} tokens but idx has only {idx.shape[1]}; "
-                         "pass the full sequence, of which the cache holds a prefix")
     past = cache.get_seq_length() if cache is not None else 0
+    if past >= idx.shape[1]:
+        raise ValueError(f"the cache already holds {past} tokens but idx has only {idx.shape[1]}; "
+                         "pass the full sequence, of which the cache holds a prefix")
     fed = cache.token_ids if cache is not None else None  # what an earlier `generate` fed this cache, if any
     if past and fed is not None and fed.shape[1] >= past and (
             fed.shape[0] != idx.shape[0] or not torch.equal(fed[:, :past].to(idx.device), idx[:, :past])):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .generate import _check_arguments, sample_next_token
+from .generate import _check_arguments, _sample
 from .model import Block, TinyGPT, causal_mask
 
 __all__ = ["LayerWeights", "layer_weights", "lean_generate", "lean_forward"]
@@ -109,6 +109,6 @@ def lean_generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, tem
     for _ in range(max_new_tokens):
         logits = lean_forward(model, layers, kv, new, pos)
         pos += new.shape[1]
-        tokens[:, pos:pos + 1] = sample_next_token(logits, temperature, top_k, generator)
+        tokens[:, pos:pos + 1] = _sample(logits, temperature, top_k, generator)  # arguments checked above
         new = tokens[:, pos:pos + 1]
     return tokens
