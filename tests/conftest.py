@@ -1,9 +1,21 @@
 """Shared fixtures. Everything is seeded: a failing example reproduces."""
 
-import pytest
-import torch
+import matplotlib
 
-import kvlab
+matplotlib.use("Agg")  # tests draw figures but never show them
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kvlab  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Close every figure a test drew: pyplot keeps them open, and each holds memory until closed."""
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="session")

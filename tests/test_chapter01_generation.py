@@ -3,29 +3,20 @@ and the figures, with every number the notebook states checked independently."""
 
 import math
 
-import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-import kvlab  # noqa: E402
-from kvlab import bench, plots  # noqa: E402
-from kvlab.flops import positions_processed  # noqa: E402
-from kvlab.generate import GenerationStats, TraceStep, trace_generation  # noqa: E402
-from conftest import random_model  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
+import kvlab
+from kvlab import bench, plots
+from kvlab.flops import positions_processed
+from kvlab.generate import GenerationStats, TraceStep, trace_generation
+from conftest import random_model
 
 # --- positions_processed: the arithmetic of the loop -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prompt_len, n_new, use_cache, expected", [
     (3, 5, False, [3, 4, 5, 6, 7]),

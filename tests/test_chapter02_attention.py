@@ -6,19 +6,16 @@ import copy
 import math
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kvlab  # noqa: E402
-from conftest import random_model  # noqa: E402
-from kvlab import plots, widgets  # noqa: E402
-from kvlab.attention_trace import (AttentionTrace, cache_step_grid, expand_attention_step, format_vectors,  # noqa: E402
+import kvlab
+from conftest import random_model
+from kvlab import plots, widgets
+from kvlab.attention_trace import (AttentionTrace, cache_step_grid, expand_attention_step, format_vectors,
                                    kv_prefix_change, output_change, trace_attention, trace_with_perturbation)
 
 

@@ -8,18 +8,15 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
-import matplotlib
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import kvlab
+from kvlab import bench, flops, memory, plots, widgets
+from conftest import random_model
 
-import kvlab  # noqa: E402
-from kvlab import bench, flops, memory, plots, widgets  # noqa: E402
-from conftest import random_model  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_cost_with_and_without_cache.ipynb"
 
@@ -30,13 +27,12 @@ LENGTHS = [2**k for k in range(10)]  # 1, 2, 4, ..., 512
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_no_figures_left():
-    """Tiny matmuls: one thread is as fast and does not fight other processes for the cores; figures are closed."""
+def _one_thread():
+    """Tiny matmuls: one thread is as fast and does not fight other processes for the cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    plt.close("all")
 
 
 def chapter_config() -> kvlab.GPTConfig:

@@ -7,30 +7,22 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
 
-matplotlib.use("Agg")
+import kvlab
+from kvlab import bench, hardware, memory, plots
+from kvlab.flops import arithmetic_intensity, bytes_moved, forward_flops, n_params
+from conftest import random_model
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
-import kvlab  # noqa: E402
-from kvlab import bench, hardware, memory, plots  # noqa: E402
-from kvlab.flops import arithmetic_intensity, bytes_moved, forward_flops, n_params  # noqa: E402
-from conftest import random_model  # noqa: E402
 
 TINY = kvlab.GPTConfig(vocab_size=10, n_layer=1, n_head=1, d_model=2, max_seq_len=4)
 TINY_GQA = kvlab.GPTConfig(vocab_size=3, n_layer=2, n_head=2, n_kv_head=1, d_model=4, max_seq_len=5)
 CHAPTER = kvlab.GPTConfig(vocab_size=256, n_layer=4, n_head=8, d_model=512, max_seq_len=1024)  # the notebook's model
 GPT2 = memory.get_preset("gpt2-small")
 A100, H100, T4 = hardware.get_gpu("a100-80gb-sxm"), hardware.get_gpu("h100-sxm"), hardware.get_gpu("t4")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # --- n_params ---------------------------------------------------------------------------------------------------

@@ -14,29 +14,20 @@ import re
 from pathlib import Path
 
 import matplotlib
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-matplotlib.use("Agg")
+import kvlab
+from kvlab import memory, plots, widgets
+from kvlab.cli import main
+from kvlab.memory import GIB, kv_cache_bytes
+from conftest import assert_printed_above, notebook_cells, printed_text
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kvlab  # noqa: E402
-from kvlab import memory, plots, widgets  # noqa: E402
-from kvlab.cli import main  # noqa: E402
-from kvlab.memory import GIB, kv_cache_bytes  # noqa: E402
-from conftest import assert_printed_above, notebook_cells, printed_text  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "06_kv_cache_memory.ipynb"
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # --- the chapter's claims, by hand ---------------------------------------------------------------------------------

@@ -11,34 +11,24 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-import kvlab  # noqa: E402
-from kvlab import memory, plots, quality  # noqa: E402
-from kvlab.compressed_cache import (EvictionCache, HeavyHitterCache, QuantizedCache, SinkCache,  # noqa: E402
+import kvlab
+from kvlab import memory, plots, quality
+from kvlab.compressed_cache import (EvictionCache, HeavyHitterCache, QuantizedCache, SinkCache,
                                     SlidingWindowCache, dequantize, quantize, received_attention)
-from kvlab.corpus import make_corpus  # noqa: E402
-from kvlab.hello import HELLO_CONFIG, HELLO_KV_HEAD_WEIGHTS, load_kv_head_model  # noqa: E402
-from kvlab.train_hello import mean_pool_kv_heads, save_kv_head_models, train_kv_head_models  # noqa: E402
+from kvlab.corpus import make_corpus
+from kvlab.hello import HELLO_CONFIG, HELLO_KV_HEAD_WEIGHTS, load_kv_head_model
+from kvlab.train_hello import mean_pool_kv_heads, save_kv_head_models, train_kv_head_models
 
-from conftest import assert_printed_above, random_model  # noqa: E402
+from conftest import assert_printed_above, random_model
+
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_compressing_the_cache.ipynb"
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -787,7 +777,6 @@ def test_lossy_caches_on_cuda_match_cpu(hello, held_out):
         if name in ("window", "sink"):  # same positions held, same logits up to kernel rounding
             assert torch.equal(gpu_cache.positions[0].cpu(), cpu_cache.positions[0])
             torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, atol=1e-3, rtol=0)
-
 
 
 def test_heavy_hitter_cache_stores_nothing_when_it_refuses_an_update(hello):

@@ -6,25 +6,21 @@ byte counts are checked against numbers worked out by hand from the shapes.
 
 import math
 
-import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from matplotlib.figure import Figure
 
 import kvlab
-from kvlab import memory
+from kvlab import memory, plots
 from kvlab.model import padding_mask
 from kvlab.paged_cache import BlockPool, PagedCache
 from kvlab.serving import HeadSplitCache, generate_batch, pad_left
 
 from conftest import random_model
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from kvlab import plots  # noqa: E402
 
 HELLO_PER_TOKEN = 2 * 4 * 64 * 4  # 2 (K, V) · n_layer · d_model · 4 bytes (fp32) = 2,048
 # fp32 logits computed along different paths (batched or alone, cached or not) differ in the last bits: within 1e-5,

@@ -1,21 +1,10 @@
 """Edge inputs an audit found drawing nothing, drawing wrongly or printing a traceback; each now a clear error."""
 
-import matplotlib
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from kvlab import plots  # noqa: E402
-from kvlab.cli import main  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from kvlab import plots
+from kvlab.cli import main
 
 
 @pytest.mark.parametrize("lengths, measured, message", [
