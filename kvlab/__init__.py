@@ -6,7 +6,7 @@
     'hello'
 """
 
-from . import (attention_trace, cache, compressed_cache, flops, hardware, lean_decode, memory, notebook, paged_cache,
+from . import (attention_trace, cache, checks, compressed_cache, flops, hardware, lean_decode, memory, notebook, paged_cache,
                quality, serving)
 from .cache import Cache, DynamicCache, StaticCache
 from .generate import GenerationStats, beam_search, generate, generate_with_stats
@@ -22,7 +22,7 @@ __all__ = [
     "GPTConfig", "TinyGPT", "CharTokenizer", "load_hello_model",
     "Cache", "DynamicCache", "StaticCache",
     "generate", "generate_with_stats", "GenerationStats", "beam_search", "lean_generate",
-    # one module per concept (plots, widgets, hf, benchmark, ... are imported explicitly where needed)
-    "attention_trace", "cache", "compressed_cache", "flops", "hardware", "lean_decode", "memory", "notebook",
-    "paged_cache", "quality", "serving", "__version__",
+    # one module per concept (measure, plots, widgets, hf, benchmark, ... are imported explicitly where needed)
+    "attention_trace", "cache", "checks", "compressed_cache", "flops", "hardware", "lean_decode", "memory",
+    "notebook", "paged_cache", "quality", "serving", "__version__",
 ]

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .bench import median_seconds
+from .measure import median_seconds
 from .cache import DynamicCache, StaticCache
 from .generate import _clock, generate, generate_with_stats
 from .lean_decode import layer_weights, lean_forward, lean_generate
@@ -132,7 +132,7 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], repeats: int = 
     """Median wall-clock seconds of each function in `fns`, timed side by side.
 
     Each of the `repeats` rounds calls every function once, in turn, after `warmup` untimed rounds. Compared with
-    timing one function's repeats and then the other's (`kvlab.bench.median_seconds`), a burst of load from another
+    timing one function's repeats and then the other's (`kvlab.measure.median_seconds`), a burst of load from another
     program now slows both contenders of a ratio, not just one, so the ratio moves less than either time.
     With `self_timed` each function times itself and returns its seconds (say, the median of the decode steps it
     ran), and the median of what it returned is kept.
@@ -159,7 +159,7 @@ def measure_read_bandwidth(n_bytes: int = 2**30, repeats: int = 5) -> float:
     """Bytes/s this CPU streams from memory into its cores: the sum of one `n_bytes` float32 tensor.
 
     A reduction reads every byte once and writes almost nothing, which is what a decode step does with its weights,
-    so this is the physical ceiling for figure 4. (`kvlab.bench.measure_bandwidth` times a copy, which also writes
+    so this is the physical ceiling for figure 4. (`kvlab.measure.measure_bandwidth` times a copy, which also writes
     `n_bytes`, and counts both directions: the STREAM convention, a different number.) The tensor must be far
     larger than the caches, or this measures the cache: 1 GiB by default, since some server CPUs have a last-level
     cache of several hundred MiB.

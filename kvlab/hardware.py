@@ -10,7 +10,7 @@ second between its memory and its compute units. A computation that does F FLOPs
 architectures", Communications of the ACM 52(4)). The two limits meet at the *ridge point*
 I* = peak_flops / bandwidth: work with I < I* is memory-bound (more FLOP/s would not help), work with I > I* is
 compute-bound (more bandwidth would not help). `kvlab.flops.arithmetic_intensity` gives I for prefill and decode;
-`kvlab.bench.measure_peak_flops` and `measure_bandwidth` measure the two roofs of your own machine.
+`kvlab.measure.measure_peak_flops` and `measure_bandwidth` measure the two roofs of your own machine.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numbers
 import matplotlib.pyplot as plt
 
 from . import memory
-from .bench import cumulative_tokens_per_s  # chapter 01
+from .measure import cumulative_tokens_per_s  # chapter 01
 from .flops import positions_processed  # chapter 01
 from .generate import GenerationStats  # chapter 01
 
@@ -485,7 +485,7 @@ def _check_stats_by_label(stats_by_label) -> dict:
 def plot_step_times(stats_by_label, ax=None, title: str | None = None):
     """Milliseconds of each generation step, one line per label; step 0 is the prefill (the time to first token).
 
-    `stats_by_label` maps a label to a `kvlab.GenerationStats` (e.g. from `kvlab.bench.time_generation`).
+    `stats_by_label` maps a label to a `kvlab.GenerationStats` (e.g. from `kvlab.measure.time_generation`).
     """
     stats_by_label = _check_stats_by_label(stats_by_label)
     fig, ax = _axes(ax)
@@ -504,7 +504,7 @@ def plot_step_times(stats_by_label, ax=None, title: str | None = None):
 def plot_throughput(stats_by_label, ax=None, title: str | None = None):
     """Tokens per second of a generation of n tokens, against n, one line per label (log-scaled n).
 
-    The throughput of the first n steps of one timed generation (`kvlab.bench.cumulative_tokens_per_s`): a greedy
+    The throughput of the first n steps of one timed generation (`kvlab.measure.cumulative_tokens_per_s`): a greedy
     generation of n tokens does exactly those steps.
     """
     stats_by_label = _check_stats_by_label(stats_by_label)
@@ -554,9 +554,9 @@ def plot_cost_vs_length(lengths, flops: dict, counted: dict | None = None, secon
     `flops`, `counted` and `seconds` map a label ("with cache", "without cache") to one value per length. FLOPs
     and seconds have different units, so each kind is divided by its own value at the first length of its first
     label: both start at 1 and a power law c·t^k keeps its slope k. The legend gives the slope that
-    `kvlab.bench.loglog_slope` fits through the points with length >= `fit_from`.
+    `kvlab.measure.loglog_slope` fits through the points with length >= `fit_from`.
     """
-    from .bench import loglog_slope
+    from .measure import loglog_slope
 
     lengths = [float(t) for t in lengths]
     if not lengths or not all(t > 0 for t in lengths):

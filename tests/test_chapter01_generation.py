@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from matplotlib.figure import Figure
 
 import kvlab
-from kvlab import bench, plots
+from kvlab import measure, plots
 from kvlab.flops import positions_processed
 from kvlab.generate import GenerationStats, TraceStep, trace_generation
 from conftest import random_model
@@ -82,7 +82,7 @@ def test_positions_processed_bad_input(kwargs, error, message):
 
 def test_record_positions_records_each_call_and_stops_after_the_block():
     model = random_model()
-    with bench.record_positions(model) as fed:
+    with measure.record_positions(model) as fed:
         model(torch.zeros(1, 3, dtype=torch.long))
         model(idx=torch.zeros(2, 5, dtype=torch.long))  # keyword call too
     model(torch.zeros(1, 7, dtype=torch.long))
@@ -93,7 +93,7 @@ def test_record_positions_records_each_call_and_stops_after_the_block():
 def test_record_positions_removes_its_hook_on_error():
     model = random_model()
     with pytest.raises(RuntimeError, match="boom"):
-        with bench.record_positions(model):
+        with measure.record_positions(model):
             raise RuntimeError("boom")
     assert not model._forward_pre_hooks
 
@@ -102,14 +102,14 @@ def test_record_positions_removes_its_hook_on_error():
 def test_record_positions_agrees_with_positions_processed_on_the_hello_model(hello, use_cache):
     """The notebook's check: prompt "the ca" (6 tokens) and 8 new tokens."""
     model, tok = hello
-    with bench.record_positions(model) as fed:
+    with measure.record_positions(model) as fed:
         kvlab.generate(model, tok.encode_batch("the ca"), 8, use_cache=use_cache)
     assert fed == ([6, 7, 8, 9, 10, 11, 12, 13] if not use_cache else [6] + [1] * 7)
 
 
 def test_record_positions_bad_input():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
-        with bench.record_positions(lambda idx: idx):
+        with measure.record_positions(lambda idx: idx):
             pass
 
 
@@ -183,7 +183,7 @@ def test_trace_bad_input(kwargs, message):
 def test_exercise_answers(hello):
     assert sum(positions_processed(4, 10, use_cache=False)) == 4 * 10 + 10 * 9 // 2 == 85
     model, tok = hello
-    with bench.record_positions(model) as fed:
+    with measure.record_positions(model) as fed:
         kvlab.generate(model, tok.encode_batch("the qu"), max_new_tokens=5)
     assert (len(fed), sum(1 for n in fed[1:] if n == 1)) == (5, 4)
     ratio = sum(positions_processed(1000, 200, use_cache=False)) / sum(positions_processed(1000, 200))
@@ -195,7 +195,7 @@ def test_exercise_answers(hello):
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_time_generation_returns_positive_finite_per_step_timings(use_cache):
     model = random_model()
-    stats = bench.time_generation(model, prompt_len=5, n_new=7, use_cache=use_cache, repeats=3, batch_size=2)
+    stats = measure.time_generation(model, prompt_len=5, n_new=7, use_cache=use_cache, repeats=3, batch_size=2)
     assert isinstance(stats, GenerationStats)
     assert (stats.prompt_len, stats.new_tokens, len(stats.decode_s)) == (5, 7, 6)
     for value in [stats.prefill_s, *stats.decode_s, stats.total_s, stats.time_per_output_token_s,
@@ -204,7 +204,7 @@ def test_time_generation_returns_positive_finite_per_step_timings(use_cache):
 
 
 def test_time_generation_one_token_has_no_decode_steps():
-    stats = bench.time_generation(random_model(), prompt_len=3, n_new=1, repeats=1, warmup=0)
+    stats = measure.time_generation(random_model(), prompt_len=3, n_new=1, repeats=1, warmup=0)
     assert stats.decode_s == [] and stats.prefill_s > 0 and math.isnan(stats.time_per_output_token_s)
 
 
@@ -222,8 +222,8 @@ def test_time_generation_takes_the_median_of_each_step(monkeypatch):
         calls.append((tuple(idx.shape), max_new_tokens, use_cache))
         return idx, next(scripted)
 
-    monkeypatch.setattr(bench, "generate_with_stats", fake_generate_with_stats)
-    stats = bench.time_generation(random_model(), prompt_len=3, n_new=3, use_cache=False, repeats=3, warmup=1)
+    monkeypatch.setattr(measure, "generate_with_stats", fake_generate_with_stats)
+    stats = measure.time_generation(random_model(), prompt_len=3, n_new=3, use_cache=False, repeats=3, warmup=1)
     assert calls == [((1, 3), 3, False)] * 4
     assert (stats.prefill_s, stats.decode_s) == (2.0, [5.0, 8.0])
 
@@ -244,7 +244,7 @@ def test_time_generation_takes_the_median_of_each_step(monkeypatch):
 def test_time_generation_bad_input(kwargs, error, message):
     arguments = dict(model=random_model(), prompt_len=5, n_new=3) | kwargs
     with pytest.raises(error, match=message):
-        bench.time_generation(arguments.pop("model"), arguments.pop("prompt_len"), arguments.pop("n_new"),
+        measure.time_generation(arguments.pop("model"), arguments.pop("prompt_len"), arguments.pop("n_new"),
                               **arguments)
 
 
@@ -255,30 +255,30 @@ def test_time_generation_sets_threads_for_the_measurement_only(monkeypatch):
         seen.append(torch.get_num_threads())
         return idx, GenerationStats(idx.shape[1], max_new_tokens, 1.0, [1.0] * (max_new_tokens - 1))
 
-    monkeypatch.setattr(bench, "generate_with_stats", fake_generate_with_stats)
+    monkeypatch.setattr(measure, "generate_with_stats", fake_generate_with_stats)
     before = torch.get_num_threads()
-    bench.time_generation(random_model(), 2, 3, repeats=2, num_threads=1)
+    measure.time_generation(random_model(), 2, 3, repeats=2, num_threads=1)
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
-    bench.time_generation(random_model(), 2, 3, repeats=1, warmup=0)  # None: PyTorch's setting is kept
+    measure.time_generation(random_model(), 2, 3, repeats=1, warmup=0)  # None: PyTorch's setting is kept
     assert seen[-1] == before and torch.get_num_threads() == before
 
 
 def test_cumulative_tokens_per_s_by_hand():
     stats = GenerationStats(prompt_len=4, new_tokens=3, prefill_s=0.5, decode_s=[0.25, 0.25])
-    assert bench.cumulative_tokens_per_s(stats) == [1 / 0.5, 2 / 0.75, 3 / 1.0]
-    assert bench.cumulative_tokens_per_s(stats)[-1] == pytest.approx(stats.tokens_per_s)
+    assert measure.cumulative_tokens_per_s(stats) == [1 / 0.5, 2 / 0.75, 3 / 1.0]
+    assert measure.cumulative_tokens_per_s(stats)[-1] == pytest.approx(stats.tokens_per_s)
 
 
 def test_cumulative_tokens_per_s_last_value_is_the_runs_throughput():
     _, stats = kvlab.generate(random_model(), torch.tensor([[1, 2, 3]]), 12, return_stats=True)
-    throughput = bench.cumulative_tokens_per_s(stats)
+    throughput = measure.cumulative_tokens_per_s(stats)
     assert len(throughput) == 12 and all(math.isfinite(t) and t > 0 for t in throughput)
     assert throughput[-1] == pytest.approx(stats.tokens_per_s)
 
 
 def test_cumulative_tokens_per_s_bad_input():
     with pytest.raises(TypeError, match="stats must be a kvlab.GenerationStats, got dict"):
-        bench.cumulative_tokens_per_s({"prefill_s": 1.0})
+        measure.cumulative_tokens_per_s({"prefill_s": 1.0})
 
 
 # --- figures -------------------------------------------------------------------------------------------------------
@@ -323,12 +323,12 @@ def test_plot_throughput_one_line_per_run_from_cumulative_tokens_per_s():
     assert isinstance(fig, Figure) and len(ax.lines) == 2 and ax.get_xscale() == "log"
     for line, stats in zip(ax.lines, runs.values()):
         assert list(line.get_xdata()) == [1, 2, 3, 4]
-        assert list(line.get_ydata()) == pytest.approx(bench.cumulative_tokens_per_s(stats))
+        assert list(line.get_ydata()) == pytest.approx(measure.cumulative_tokens_per_s(stats))
 
 
 def test_plots_of_a_real_measurement():
     model = random_model()
-    runs = {c: bench.time_generation(model, 4, 6, use_cache=c, repeats=1) for c in (False, True)}
+    runs = {c: measure.time_generation(model, 4, 6, use_cache=c, repeats=1) for c in (False, True)}
     runs = {f"use_cache={c}": stats for c, stats in runs.items()}
     assert len(plots.plot_step_times(runs).axes[0].lines) == 2
     assert len(plots.plot_throughput(runs).axes[0].lines) == 2

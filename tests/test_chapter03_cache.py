@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import kvlab
 from conftest import random_model
-from kvlab import bench, legacy
+from kvlab import legacy, measure
 from kvlab.memory import kv_cache_bytes
 
 
@@ -176,25 +176,25 @@ def test_legacy_conversions_reject_bad_input():
 
 def test_copy_counter_counts_copies_and_ignores_views():
     past, new, buffer = torch.zeros(1000), torch.ones(1), torch.zeros(1001)
-    assert bench.count_copied_bytes(lambda: torch.cat([past, new])) == 1001 * 4  # the notebook's 4004 bytes
-    assert bench.count_copied_bytes(lambda: buffer[1000:].copy_(new)) == 4
+    assert measure.count_copied_bytes(lambda: torch.cat([past, new])) == 1001 * 4  # the notebook's 4004 bytes
+    assert measure.count_copied_bytes(lambda: buffer[1000:].copy_(new)) == 4
     x = torch.zeros(8, 6, dtype=torch.float16)
-    assert bench.count_copied_bytes(lambda: (x.t(), x.view(6, 8), x[2:5], x.unsqueeze(0))) == 0  # views copy nothing
-    assert bench.count_copied_bytes(lambda: x.clone()) == 8 * 6 * 2
-    assert bench.count_copied_bytes(lambda: x.to(torch.float32)) == 8 * 6 * 4
-    assert bench.count_copied_bytes(lambda: x.index_select(0, torch.tensor([0, 0, 3]))) == 3 * 6 * 2
+    assert measure.count_copied_bytes(lambda: (x.t(), x.view(6, 8), x[2:5], x.unsqueeze(0))) == 0  # views copy nothing
+    assert measure.count_copied_bytes(lambda: x.clone()) == 8 * 6 * 2
+    assert measure.count_copied_bytes(lambda: x.to(torch.float32)) == 8 * 6 * 4
+    assert measure.count_copied_bytes(lambda: x.index_select(0, torch.tensor([0, 0, 3]))) == 3 * 6 * 2
 
     def slice_assign():
         buffer[3:5] = torch.ones(2)
 
-    with bench.CopyCounter() as counter:
+    with measure.CopyCounter() as counter:
         slice_assign()
     assert counter.bytes == 8 and dict(counter.ops) == {"copy_": 1}
 
 
 def test_count_copied_bytes_rejects_a_non_callable():
     with pytest.raises(TypeError, match="fn must be a callable taking no arguments, got int"):
-        bench.count_copied_bytes(3)
+        measure.count_copied_bytes(3)
 
 
 @pytest.mark.parametrize("seed, sizes, batch, prompt_len, new_tokens", [
@@ -211,14 +211,14 @@ def test_counted_cache_copies_equal_the_formulas(seed, sizes, batch, prompt_len,
     per_token = 2 * model.config.n_layer * batch * model.config.n_kv_head * model.config.head_dim * 4  # by hand
     by_hand = {"dynamic": per_token * sum(range(prompt_len + 1, final_len + 1)), "static": per_token * final_len}
     for kind, cache in caches.items():
-        counting = bench.CopyCountingCache(cache)
+        counting = measure.CopyCountingCache(cache)
         tokens = kvlab.generate(model, prompt, new_tokens, cache=counting)
         assert torch.equal(tokens, kvlab.generate(model, prompt, new_tokens, use_cache=False))  # wrapper is invisible
-        expected = bench.expected_copied_bytes(kind, model.config, batch_size=batch, prompt_len=prompt_len,
+        expected = measure.expected_copied_bytes(kind, model.config, batch_size=batch, prompt_len=prompt_len,
                                                new_tokens=new_tokens)
         assert counting.copied_bytes == expected == by_hand[kind]
         for length in range(prompt_len, final_len + 1):  # every length along the way
-            assert counting.copied_bytes_at[length] == bench.expected_copied_bytes(
+            assert counting.copied_bytes_at[length] == measure.expected_copied_bytes(
                 kind, model.config, batch_size=batch, prompt_len=prompt_len, new_tokens=length - prompt_len + 1)
 
 
@@ -230,7 +230,7 @@ def test_the_notebooks_copy_numbers(hello):
     lengths = [2, 4, 8, 16, 32, 64, 127]
     counts = {}
     for kind, cache in (("dynamic", kvlab.DynamicCache()), ("static", kvlab.StaticCache(config, 1, 127))):
-        counting = bench.CopyCountingCache(cache)
+        counting = measure.CopyCountingCache(cache)
         kvlab.generate(model, start, 127, cache=counting)
         counts[kind] = [counting.copied_bytes_at[T] for T in lengths]
     assert counts["dynamic"] == [2048 * (T * (T + 1) // 2 - 1) for T in lengths]  # the closed form in the prose
@@ -240,7 +240,7 @@ def test_the_notebooks_copy_numbers(hello):
     assert f"{counts['dynamic'][-1] / counts['static'][-1]:.1f}" == "64.0"
     slopes = [math.log(v[-1] / v[-2]) / math.log(127 / 64) for v in counts.values()]
     assert [f"{s:.2f}" for s in slopes] == ["1.99", "1.00"]
-    assert bench.cache_copied_bytes(model, start, 50, kvlab.DynamicCache()) == 2048 * (50 * 51 // 2 - 1)  # exercise 1
+    assert measure.cache_copied_bytes(model, start, 50, kvlab.DynamicCache()) == 2048 * (50 * 51 // 2 - 1)  # exercise 1
 
 
 def test_static_cache_memory_is_held_up_front(hello):
@@ -255,7 +255,7 @@ def test_static_cache_memory_is_held_up_front(hello):
 
 def test_static_reorder_copies_two_whole_buffers(hello):
     model, tok = hello
-    counting = bench.CopyCountingCache(kvlab.StaticCache(model.config, batch_size=3, max_cache_len=20))
+    counting = measure.CopyCountingCache(kvlab.StaticCache(model.config, batch_size=3, max_cache_len=20))
     with torch.inference_mode():
         model(tok.encode_batch("the ca").repeat(3, 1), counting)
         before = counting.copied_bytes
@@ -266,14 +266,14 @@ def test_static_reorder_copies_two_whole_buffers(hello):
 
 def test_copy_counting_cache_and_formulas_reject_bad_input():
     with pytest.raises(TypeError, match="cache must be a kvlab.Cache, got dict"):
-        bench.CopyCountingCache({})
+        measure.CopyCountingCache({})
     config = random_model().config
     with pytest.raises(ValueError, match="strategy must be 'dynamic' or 'static', got 'paged'"):
-        bench.expected_copied_bytes("paged", config, batch_size=1, prompt_len=1, new_tokens=1)
+        measure.expected_copied_bytes("paged", config, batch_size=1, prompt_len=1, new_tokens=1)
     for name in ("batch_size", "prompt_len", "new_tokens"):
         arguments = dict(batch_size=1, prompt_len=1, new_tokens=1) | {name: 0}
         with pytest.raises(ValueError, match=f"{name} must be an int >= 1, got 0"):
-            bench.expected_copied_bytes("static", config, **arguments)
+            measure.expected_copied_bytes("static", config, **arguments)
 
 
 def test_copied_bytes_plot(hello):

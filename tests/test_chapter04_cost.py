@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from matplotlib.figure import Figure
 
 import kvlab
-from kvlab import bench, flops, memory, plots, widgets
+from kvlab import flops, measure, memory, plots, widgets
 from conftest import random_model
 
 
@@ -77,7 +77,7 @@ def counted_steps():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = kvlab.TinyGPT(chapter_config()).eval()
-    return {use_cache: bench.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
+    return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
             for use_cache in (True, False)}
 
 
@@ -213,10 +213,10 @@ def test_slopes_attention_dominated():
     config = kvlab.GPTConfig(vocab_size=8, n_layer=2, n_head=1, d_model=4)
     lengths = [2**k for k in range(12, 17)]
     step, total = _curves(config, lengths)
-    assert bench.loglog_slope(lengths, step[True]) == pytest.approx(1, abs=0.01)
-    assert bench.loglog_slope(lengths, step[False]) == pytest.approx(2, abs=0.01)
-    assert bench.loglog_slope(lengths, total[True]) == pytest.approx(2, abs=0.01)
-    assert bench.loglog_slope(lengths, total[False]) == pytest.approx(3, abs=0.01)
+    assert measure.loglog_slope(lengths, step[True]) == pytest.approx(1, abs=0.01)
+    assert measure.loglog_slope(lengths, step[False]) == pytest.approx(2, abs=0.01)
+    assert measure.loglog_slope(lengths, total[True]) == pytest.approx(2, abs=0.01)
+    assert measure.loglog_slope(lengths, total[False]) == pytest.approx(3, abs=0.01)
 
 
 def test_slopes_dense_dominated():
@@ -224,10 +224,10 @@ def test_slopes_dense_dominated():
     config = kvlab.GPTConfig(vocab_size=8, n_layer=2, n_head=1, d_model=65536)
     lengths = [2**k for k in range(6, 11)]
     step, total = _curves(config, lengths)
-    assert bench.loglog_slope(lengths, step[True]) == pytest.approx(0, abs=0.01)
-    assert bench.loglog_slope(lengths, step[False]) == pytest.approx(1, abs=0.01)
-    assert bench.loglog_slope(lengths, total[True]) == pytest.approx(1, abs=0.01)
-    assert bench.loglog_slope(lengths, total[False]) == pytest.approx(2, abs=0.02)
+    assert measure.loglog_slope(lengths, step[True]) == pytest.approx(0, abs=0.01)
+    assert measure.loglog_slope(lengths, step[False]) == pytest.approx(1, abs=0.01)
+    assert measure.loglog_slope(lengths, total[True]) == pytest.approx(1, abs=0.01)
+    assert measure.loglog_slope(lengths, total[False]) == pytest.approx(2, abs=0.02)
 
 
 def test_slopes_of_the_chapter_model():
@@ -236,12 +236,12 @@ def test_slopes_of_the_chapter_model():
     config = chapter_config()
     step, total = _curves(config, LENGTHS)
     t_star = float(flops.attention_crossover(config))
-    with_cache = bench.loglog_slope(LENGTHS, step[True], FIT_FROM)
-    without = bench.loglog_slope(LENGTHS, step[False], FIT_FROM)
+    with_cache = measure.loglog_slope(LENGTHS, step[True], FIT_FROM)
+    without = measure.loglog_slope(LENGTHS, step[False], FIT_FROM)
     assert with_cache == pytest.approx(256 / (256 + t_star), abs=0.02)
     assert without - with_cache == pytest.approx(1, abs=1e-9)
-    assert 1 < bench.loglog_slope(LENGTHS, total[True], FIT_FROM) < 2
-    assert 2 < bench.loglog_slope(LENGTHS, total[False], FIT_FROM) < 3
+    assert 1 < measure.loglog_slope(LENGTHS, total[True], FIT_FROM) < 2
+    assert 2 < measure.loglog_slope(LENGTHS, total[False], FIT_FROM) < 3
 
 
 @pytest.mark.parametrize("t", [50, 112, 1000, 10**5])
@@ -261,7 +261,7 @@ def test_local_slope_formula(t):
        n_new=st.integers(1, 6), use_cache=st.booleans())
 def test_count_generation_flops_lines_up_with_the_steps(n_layer, n_kv_head, prompt_len, n_new, use_cache):
     model = random_model(n_layer=n_layer, n_head=4, n_kv_head=n_kv_head, d_model=16)
-    counted = bench.count_generation_flops(model, prompt_len, n_new, use_cache=use_cache)
+    counted = measure.count_generation_flops(model, prompt_len, n_new, use_cache=use_cache)
     config = model.config
     expected = [flops.forward_flops(config, prompt_len)]
     expected += [flops.decode_step_flops(config, t, use_cache) for t in range(prompt_len + 1, prompt_len + n_new)]
@@ -271,7 +271,7 @@ def test_count_generation_flops_lines_up_with_the_steps(n_layer, n_kv_head, prom
 
 def test_count_generation_flops_removes_its_hook():
     model = random_model()
-    bench.count_generation_flops(model, 2, 3)
+    measure.count_generation_flops(model, 2, 3)
     assert not model._forward_hooks
 
 
@@ -284,26 +284,26 @@ def test_count_generation_flops_removes_its_hook():
 ])
 def test_count_generation_flops_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
-        bench.count_generation_flops(random_model(), **kwargs)
+        measure.count_generation_flops(random_model(), **kwargs)
 
 
 def test_count_generation_flops_needs_a_tinygpt():
     with pytest.raises(TypeError, match="model must be a kvlab.TinyGPT, got Linear"):
-        bench.count_generation_flops(torch.nn.Linear(2, 2), 1, 2)
+        measure.count_generation_flops(torch.nn.Linear(2, 2), 1, 2)
 
 
 @settings(max_examples=40, deadline=None)
 @given(k=st.floats(-3, 3), c=st.floats(1e-3, 1e3), n=st.integers(2, 8))
 def test_loglog_slope_recovers_a_power_law(k, c, n):
     x = [2.0**i for i in range(n)]
-    assert bench.loglog_slope(x, [c * v**k for v in x]) == pytest.approx(k, abs=1e-9)
+    assert measure.loglog_slope(x, [c * v**k for v in x]) == pytest.approx(k, abs=1e-9)
 
 
 def test_loglog_slope_fits_only_from_x_min():
     x = [1, 2, 4, 8, 16]
     y = [1, 1, 1, 8, 64]  # flat, then slope 3
-    assert bench.loglog_slope(x, y, x_min=4) == pytest.approx(3)
-    assert bench.loglog_slope(x, y) < 3
+    assert measure.loglog_slope(x, y, x_min=4) == pytest.approx(3)
+    assert measure.loglog_slope(x, y) < 3
 
 
 @pytest.mark.parametrize("x, y, x_min, message", [
@@ -315,7 +315,7 @@ def test_loglog_slope_fits_only_from_x_min():
 ])
 def test_loglog_slope_bad_input(x, y, x_min, message):
     with pytest.raises(ValueError, match=message):
-        bench.loglog_slope(x, y, x_min)
+        measure.loglog_slope(x, y, x_min)
 
 
 # --- bad input to the new flops functions ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Chapter 05: arithmetic intensity (kvlab.flops), the roofline (kvlab.hardware), its measurement (kvlab.bench)
+"""Chapter 05: arithmetic intensity (kvlab.flops), the roofline (kvlab.hardware), its measurement (kvlab.measure)
 and its figures (kvlab.plots). Formulas are checked against values worked out by hand and against real tensors;
 measurements only for being positive finite numbers (speed is never asserted: machines are noisy)."""
 
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import kvlab
-from kvlab import bench, hardware, memory, plots
+from kvlab import hardware, measure, memory, plots
 from kvlab.flops import arithmetic_intensity, bytes_moved, forward_flops, n_params
 from conftest import random_model
 
@@ -242,29 +242,29 @@ def test_hardware_module_is_pure_python():
     assert imported <= {"__future__", "math", "dataclasses"}
 
 
-# --- kvlab.bench ------------------------------------------------------------------------------------------------
+# --- kvlab.measure ------------------------------------------------------------------------------------------------
 
 def _positive_finite(x):
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
 def test_measured_roofs_are_positive_finite_numbers():
-    assert _positive_finite(bench.measure_peak_flops(n=64, repeats=2))
-    assert _positive_finite(bench.measure_peak_flops(n=32, repeats=1, dtype=torch.float64))
-    assert _positive_finite(bench.measure_bandwidth(n_bytes=2**20, repeats=2))
-    assert _positive_finite(hardware.ridge_point(bench.measure_peak_flops(n=64, repeats=1),
-                                                 bench.measure_bandwidth(n_bytes=2**16, repeats=1)))
+    assert _positive_finite(measure.measure_peak_flops(n=64, repeats=2))
+    assert _positive_finite(measure.measure_peak_flops(n=32, repeats=1, dtype=torch.float64))
+    assert _positive_finite(measure.measure_bandwidth(n_bytes=2**20, repeats=2))
+    assert _positive_finite(hardware.ridge_point(measure.measure_peak_flops(n=64, repeats=1),
+                                                 measure.measure_bandwidth(n_bytes=2**16, repeats=1)))
 
 
 def test_median_seconds_runs_warmup_plus_repeats_and_returns_the_median():
     calls = []
-    seconds = bench.median_seconds(lambda: calls.append(1), repeats=3, warmup=2)
+    seconds = measure.median_seconds(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and seconds >= 0 and math.isfinite(seconds)
 
 
 def test_time_phases_carries_the_analytic_flops_and_bytes():
     model = random_model(max_seq_len=64)
-    t = bench.time_phases(model, prompt_len=5, batch_size=3, n_decode=4, repeats=2)
+    t = measure.time_phases(model, prompt_len=5, batch_size=3, n_decode=4, repeats=2)
     middle = 5 + (4 - 1) // 2  # the middle decode step's cache length
     assert (t.prompt_len, t.batch_size, t.n_decode) == (5, 3, 4)
     assert t.prefill_flops == 3 * forward_flops(model.config, 5, 0)
@@ -279,22 +279,22 @@ def test_time_phases_carries_the_analytic_flops_and_bytes():
 
 def test_sweep_phases_runs_every_pair_prompt_lengths_outermost():
     model = random_model(max_seq_len=64)
-    sweep = bench.sweep_phases(model, prompt_lens=(2, 4), batch_sizes=(1, 2), n_decode=2, repeats=1)
+    sweep = measure.sweep_phases(model, prompt_lens=(2, 4), batch_sizes=(1, 2), n_decode=2, repeats=1)
     assert [(t.prompt_len, t.batch_size) for t in sweep] == [(2, 1), (2, 2), (4, 1), (4, 2)]
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda m: bench.measure_peak_flops(n=0), ValueError, "n must be >= 1, got 0"),
-    (lambda m: bench.measure_peak_flops(n=8, repeats=0), ValueError, "repeats must be >= 1, got 0"),
-    (lambda m: bench.measure_peak_flops(n=8, dtype=torch.int32), TypeError, "dtype must be a floating torch.dtype"),
-    (lambda m: bench.measure_bandwidth(n_bytes=2), ValueError, "n_bytes must be >= 4, got 2"),
-    (lambda m: bench.measure_bandwidth(n_bytes=1.5e6), TypeError, "n_bytes must be an int"),
-    (lambda m: bench.median_seconds("f"), TypeError, "fn must be a callable"),
-    (lambda m: bench.time_phases("model", 4), TypeError, "model must be a kvlab.TinyGPT, got str"),
-    (lambda m: bench.time_phases(m, 0), ValueError, "prompt_len must be >= 1, got 0"),
-    (lambda m: bench.time_phases(m, 4, batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
-    (lambda m: bench.time_phases(m, 60, n_decode=4), ValueError, "prompt_len \\+ n_decode \\+ 1 = 65 exceeds"),
-    (lambda m: bench.sweep_phases(m, prompt_lens=()), ValueError, "must not be empty"),
+    (lambda m: measure.measure_peak_flops(n=0), ValueError, "n must be >= 1, got 0"),
+    (lambda m: measure.measure_peak_flops(n=8, repeats=0), ValueError, "repeats must be >= 1, got 0"),
+    (lambda m: measure.measure_peak_flops(n=8, dtype=torch.int32), TypeError, "dtype must be a floating torch.dtype"),
+    (lambda m: measure.measure_bandwidth(n_bytes=2), ValueError, "n_bytes must be >= 4, got 2"),
+    (lambda m: measure.measure_bandwidth(n_bytes=1.5e6), TypeError, "n_bytes must be an int"),
+    (lambda m: measure.median_seconds("f"), TypeError, "fn must be a callable"),
+    (lambda m: measure.time_phases("model", 4), TypeError, "model must be a kvlab.TinyGPT, got str"),
+    (lambda m: measure.time_phases(m, 0), ValueError, "prompt_len must be >= 1, got 0"),
+    (lambda m: measure.time_phases(m, 4, batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+    (lambda m: measure.time_phases(m, 60, n_decode=4), ValueError, "prompt_len \\+ n_decode \\+ 1 = 65 exceeds"),
+    (lambda m: measure.sweep_phases(m, prompt_lens=()), ValueError, "must not be empty"),
 ])
 def test_bench_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
@@ -345,7 +345,7 @@ def _hello_decode_step_ops(model, prompt):
     cache = kvlab.DynamicCache()
     with torch.inference_mode():
         model(prompt[:, :-1], cache)
-        return bench.count_operations(lambda: model(prompt[:, -1:], cache))
+        return measure.count_operations(lambda: model(prompt[:, -1:], cache))
 
 
 def test_section_9_numbers_are_what_the_code_gives(hello):
@@ -365,11 +365,11 @@ def test_section_9_numbers_are_what_the_code_gives(hello):
 
 def test_count_operations_counts_every_operation_views_included():
     x = torch.ones(3, 4)
-    ops = bench.count_operations(lambda: (x + 1).t().sum())
+    ops = measure.count_operations(lambda: (x + 1).t().sum())
     assert ops == {"add": 1, "t": 1, "sum": 1} or ops == {"add": 1, "transpose": 1, "sum": 1}
-    assert bench.count_operations(lambda: None).total() == 0
+    assert measure.count_operations(lambda: None).total() == 0
     with pytest.raises(TypeError, match="fn must be a callable taking no arguments, got int"):
-        bench.count_operations(3)
+        measure.count_operations(3)
 
 
 def test_exercise_4_operations_per_layer(hello):

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import kvlab
-from kvlab.bench import _math_attention, count_flops
+from kvlab.measure import _math_attention, count_flops
 from kvlab import flops
 from kvlab.flops import decode_step_flops, forward_flops, forward_flops_breakdown, generation_flops
 from conftest import random_model

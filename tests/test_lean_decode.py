@@ -94,7 +94,7 @@ def test_bad_arguments_name_the_value(kwargs, error, message):
 
 def test_lean_step_runs_no_more_operations_than_the_models(hello):
     """Chapter 05 says the lean loop runs nearly the same operations, with less Python around them."""
-    from kvlab import bench
+    from kvlab import measure
 
     model, tok = hello
     idx = torch.tensor([tok.encode("keys and values ")])
@@ -103,8 +103,8 @@ def test_lean_step_runs_no_more_operations_than_the_models(hello):
     with torch.inference_mode():
         lean_forward(model, layers, kv, idx[:, :-1], 0)
         model(idx[:, :-1], cache)
-        lean_ops = bench.count_operations(lambda: lean_forward(model, layers, kv, idx[:, -1:], 15)).total()
-        model_ops = bench.count_operations(lambda: model(idx[:, -1:], cache)).total()
+        lean_ops = measure.count_operations(lambda: lean_forward(model, layers, kv, idx[:, -1:], 15)).total()
+        model_ops = measure.count_operations(lambda: model(idx[:, -1:], cache)).total()
     assert 0.8 * model_ops <= lean_ops <= model_ops, (lean_ops, model_ops)
 
 

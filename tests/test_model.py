@@ -8,7 +8,7 @@ import kvlab
 from kvlab.model import attention, causal_mask
 from conftest import random_model
 
-TOL = dict(rtol=0, atol=1e-5)
+TOL = dict(rtol=1e-5, atol=1e-5)  # float32 sums in another order differ by ~1e-5 on logits of size ~3
 
 
 @st.composite

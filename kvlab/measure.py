@@ -1,4 +1,5 @@
-"""Measuring: FLOPs counted by PyTorch itself, to check the analytic formulas of `kvlab.flops` against."""
+"""Measuring what the chapters claim: FLOPs counted by PyTorch itself (to check `kvlab.flops` against), bytes
+copied, operations run, generation timings, and the peak FLOP/s and bandwidth of your own machine."""
 
 from __future__ import annotations
 
