@@ -1,0 +1,102 @@
+"""Chapter 02 · attention from "h" to "hello": one head's attention weights, and the scores a cache saves per step."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ._style import axes, panels
+
+
+def position_labels(T: int, tokens=None) -> list[str]:
+    """'1 h', '2 e', ...: 1-based positions, with their tokens when given (newlines and spaces made visible).
+
+    Widgets call it before their first redraw, so that tokens that do not fit T fail at once.
+    """
+    if tokens is None:
+        return [str(i) for i in range(1, T + 1)]
+    tokens = list(tokens)
+    if len(tokens) != T:
+        raise ValueError(f"tokens must have one entry per position: {T} positions, {len(tokens)} tokens")
+    visible = {" ": "␣", "\n": "⏎"}
+    return [f"{i} {visible.get(str(tok), str(tok))}" for i, tok in enumerate(tokens, 1)]
+
+
+def plot_attention_weights(weights, tokens=None, ax=None,
+                           title: str = "causal attention: query t looks at keys 1..t only"):
+    """Heatmap of one head's (T, T) attention weights; the causally masked cells (key after query) are grey.
+
+    Row t is the softmax that mixes v_1..v_t into Att_t, so each coloured row sums to 1. `tokens` labels the
+    positions (one string per position).
+    """
+    if hasattr(weights, "detach"):  # a torch tensor, possibly on a GPU
+        weights = weights.detach().cpu()
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
+        raise ValueError(f"weights must be a square (T, T) matrix with T >= 1, got shape {w.shape}")
+    T = w.shape[0]
+    labels = position_labels(T, tokens)
+    fig, ax = axes(ax, figsize=(4.8, 4.0))
+    masked = np.ma.masked_where(np.triu(np.ones((T, T), dtype=bool), k=1), w)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")  # masked cells grey
+    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0)
+    if T <= 12:
+        for i in range(T):
+            for j in range(i + 1):
+                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                        color="black" if w[i, j] > 0.6 else "white")
+    ax.set_xticks(range(T), labels)
+    ax.set_yticks(range(T), labels)
+    ax.set_xlabel("key position j (token)")
+    ax.set_ylabel("query position t (token)")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="attention weight (probability)", shrink=0.8)
+    return fig
+
+
+def plot_cache_step(t: int, T: int, tokens=None, axes=None):
+    """Two T×T score grids at decode step t: without a cache rows 1..t are all (re)computed, with one only row t.
+
+    Step t feeds token t and predicts token t + 1; t = 0 draws the empty grids before the first step. The colours
+    are the states of `kvlab.attention_trace.cache_step_grid`; the titles count the scores q_i · k_j each side
+    computes at this step: t(t+1)/2 without a cache, t with one.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from ..attention_trace import CELL_STATES, cache_step_grid
+
+    grids = {use_cache: np.array(cache_step_grid(t, T, use_cache)) for use_cache in (False, True)}
+    labels = position_labels(T, tokens)
+    colours = ["white", "0.85", "#a6cee3", "#e31a1c", "#ff7f00", "#33a02c"]
+    fig, axes = panels(axes, 2, figsize=(9.6, 4.8))
+    for old in list(fig.legends):  # redrawing into the same figure: replace the legend, do not stack them
+        old.remove()
+    for ax, use_cache in zip(axes, (False, True)):
+        grid = grids[use_cache]
+        ax.clear()
+        ax.imshow(grid, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5)
+        ax.set_xticks(np.arange(T + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(T + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="0.5", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xticks(range(T), labels, rotation=90 if T > 8 else 0)
+        ax.set_yticks(range(T), labels)
+        ax.set_xlabel("key position j (k_j, v_j)")
+        ax.set_ylabel("query position i (q_i)")
+        computed = int(np.isin(grid, (3, 4, 5)).sum())
+        side = "with a KV cache" if use_cache else "without a cache"
+        if t == 0:
+            ax.set_title(f"{side}: nothing computed yet")
+        else:
+            ax.set_title(f"{side}: {computed} score{'s' * (computed != 1)} at step {t}")
+        if use_cache and t >= 1 and T <= 8:
+            for j in range(t):
+                ax.text(j, t - 1, "cache" if j < t - 1 else "new", ha="center", va="center", fontsize=7)
+    shown = sorted(set(np.unique(grids[False])) | set(np.unique(grids[True])))
+    fig.legend(handles=[Patch(facecolor=colours[s], edgecolor="0.5", label=CELL_STATES[s]) for s in shown],
+               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    title = ("step 0: no token fed yet" if t == 0 else
+             f"step {t} of {T}: feeds token {t}; only row {t} is new, so a cache computes just that row")
+    fig.suptitle(title)
+    return fig

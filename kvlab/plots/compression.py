@@ -1,0 +1,104 @@
+"""Chapter 08 · compressing the cache: quality against budget, bytes held per step, memory against quality."""
+
+from __future__ import annotations
+
+from ..checks import check_int, check_one_of
+from . import _checks
+from ._style import axes
+
+_QUALITY_METRICS = {
+    "cross_entropy": "held-out cross-entropy (nats per token)",
+    "top1_agreement": "top-1 agreement with the full cache (%)",
+}
+
+
+def plot_quality_vs_budget(budgets, reports_by_label: dict, metric: str = "cross_entropy", ax=None,
+                           title: str | None = None):
+    """Quality of eviction caches against the tokens they may keep: one line per strategy.
+
+    `reports_by_label` maps a strategy's name to one `kvlab.quality.QualityReport` per budget in `budgets`. With
+    ``metric="cross_entropy"`` the full cache's cross-entropy is drawn as a dashed line: the floor every strategy
+    approaches as its budget grows.
+    """
+    check_one_of("metric", metric, _QUALITY_METRICS)
+    budgets = _checks.check_values("budgets", budgets, minimum=1, inclusive=True, integer=True)
+    reports_by_label = _checks.check_entries("reports_by_label", reports_by_label, "{label: [QualityReport per budget]}")
+    for label, reports in reports_by_label.items():
+        if len(reports) != len(budgets):
+            raise ValueError(f"reports_by_label[{label!r}] must hold one report per budget: {len(budgets)} "
+                             f"expected, got {len(reports)}")
+    scale = 100 if metric == "top1_agreement" else 1
+    fig, ax = axes(ax)
+    for label, reports in reports_by_label.items():
+        ax.plot(budgets, [getattr(r, metric) * scale for r in reports], "o-", label=label)
+    if metric == "cross_entropy":
+        full = next(iter(reports_by_label.values()))[0].full_cross_entropy
+        ax.axhline(full, color="black", linestyle="--", label=f"full cache ({full:.3f})")
+        ax.set_yscale("log")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("tokens kept per layer and head (budget)")
+    ax.set_ylabel(_QUALITY_METRICS[metric])
+    ax.set_title(title or "Quality against the number of tokens kept")
+    ax.legend()
+    return fig
+
+
+def plot_bytes_per_step(bytes_by_label: dict, first: int = 1, ax=None, title: str | None = None):
+    """Bytes a cache holds after each model call of a generation: a full cache grows, an evicting one levels off.
+
+    `bytes_by_label` maps a cache's name to its ``nbytes`` after each call (`kvlab.quality.generate_with_memory`);
+    the first call has fed `first` tokens (the prompt), each later one one more, which is the x axis.
+    """
+    bytes_by_label = _checks.check_entries("bytes_by_label", bytes_by_label, "{label: [bytes after each step]}")
+    bytes_by_label = {label: _checks.check_values(f"bytes_by_label[{label!r}]", counts, inclusive=True, integer=True)
+                      for label, counts in bytes_by_label.items()}
+    first = check_int("first", first, 1)
+    fig, ax = axes(ax)
+    for label, counts in bytes_by_label.items():
+        ax.plot(range(first, first + len(counts)), [v / 1024 for v in counts], label=label)
+    ax.set_xlabel("tokens seen by the cache")
+    ax.set_ylabel("bytes held by the cache (KiB)")
+    ax.set_ylim(0, None)
+    ax.set_title(title or "Memory held during generation")
+    ax.legend()
+    return fig
+
+
+def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
+    """Caches as points: bytes held (share of the full cache) against cross-entropy lost; down and left is better.
+
+    `series` maps a family's name (one colour and legend entry) to a list of ``(label, QualityReport)`` pairs;
+    each point is annotated with its label unless the label is empty. The y axis is symmetric-log, linear below
+    0.001 nats, so that losses of 0.001 and of 1 nat both show.
+    """
+    from ..quality import QualityReport
+
+    series = _checks.check_entries("series", series, "{family: [(label, QualityReport), ...]}")
+    for name, points in series.items():
+        series[name] = points = list(points)
+        if not points:
+            raise ValueError(f"series[{name!r}] must hold at least one (label, QualityReport) pair, got none")
+        for pair in points:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], QualityReport)):
+                raise TypeError(f"series[{name!r}] must hold (label, kvlab.quality.QualityReport) pairs, got {pair!r}")
+    fig, ax = axes(ax, figsize=(7.2, 4.4))
+    highest = 1e-3
+    for name, points in series.items():
+        xs = [report.memory_ratio * 100 for _, report in points]
+        ys = [report.cross_entropy_increase for _, report in points]
+        (line,) = ax.plot(xs, ys, "o", label=name)
+        highest = max(highest, *ys)
+        for i, ((label, _), x, y) in enumerate(zip(points, xs, ys)):
+            if label:  # alternately above and below the point, so that neighbours' labels do not collide
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 if i % 2 == 0 else -11),
+                            fontsize=8, color=line.get_color())
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(-1e-3, 3 * highest)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("bytes held, % of the full fp32 cache")
+    ax.set_ylabel("cross-entropy increase (nats per token)")
+    ax.set_title(title or "Memory saved against quality lost")
+    ax.legend(loc="upper right")
+    return fig

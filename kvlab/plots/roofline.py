@@ -1,0 +1,138 @@
+"""Chapter 05 · prefill, decode and the roofline: intensity, roofs with points, TTFT/TPOT, and the batch sweep."""
+
+from __future__ import annotations
+
+from ..checks import check_number
+from . import _checks
+from ._style import axes, panels, plain_log2_ticks
+
+
+def _rate(value: float, unit: str) -> str:
+    """'312 TFLOP/s', '36 GFLOP/s', '2.04 TB/s', '12.2 GB/s': the largest decimal prefix that keeps it >= 1."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
+    """Arithmetic intensity (FLOP/byte) against the tokens one forward processes, log-log, with ridge points.
+
+    `series` maps a label to (tokens, intensities), e.g. prefill against its prompt length P and decode against its
+    batch size B. `ridges` maps a machine to its ridge point, drawn as a horizontal line: a phase below a machine's
+    line is memory-bound there, above it compute-bound.
+    """
+    series = _checks.check_xy_series("series", series, required=True)
+    ridges = {} if ridges is None else _checks.check_entries("ridges", ridges, "{machine: FLOP/byte}")
+    ridges = {label: check_number(f"ridges[{label!r}]", r, 0, inclusive=False) for label, r in ridges.items()}
+    fig, ax = axes(ax)
+    for i, (label, (xs, ys)) in enumerate(series.items()):
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=label, markersize=4)
+    for j, (label, ridge) in enumerate(ridges.items()):
+        ax.axhline(ridge, color="0.3", linestyle=(0, (1 + j, 2)), linewidth=1)
+        ax.annotate(f"ridge: {label} ({ridge:.3g})", (0.01, ridge), xycoords=("axes fraction", "data"),
+                    xytext=(0, 2), textcoords="offset points", fontsize=8, color="0.3")
+    ax.set_xscale("log", base=2)
+    plain_log2_ticks(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per forward (prompt length P for prefill, batch size B for decode)")
+    ax.set_ylabel("arithmetic intensity (FLOP/byte)")
+    ax.set_title(title or "Prefill and batched decode gain intensity; long caches cap decode")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = None):
+    """The roofline of one or more machines, with measured or predicted points (log-log).
+
+    `roofs` maps a machine to (peak FLOP/s, bandwidth bytes/s): its roof is min(peak, bandwidth · I), with a dotted
+    line at its ridge point peak / bandwidth. `points` maps a label to (intensities, FLOP/s); `labels` optionally
+    maps the same label to one short text per point (e.g. "P=8"), written next to it.
+    """
+    from ..hardware import attainable_flops, ridge_point
+
+    roofs = {name: (float(peak), float(bw))
+             for name, (peak, bw) in _checks.check_entries("roofs", roofs, "{machine: (peak_flops, bandwidth)}").items()}
+    ridges = {name: ridge_point(peak, bw) for name, (peak, bw) in roofs.items()}  # raises on bad numbers
+    points = _checks.check_xy_series("points", points)
+    labels = dict(labels or {})
+    for label, texts in labels.items():
+        if label not in points or len(list(texts)) != len(points[label][0]):
+            raise ValueError(f"labels[{label!r}] must name a series of points and give one text per point")
+    intensities = [x for xs, _ in points.values() for x in xs] + list(ridges.values())
+    low, high = min(intensities) / 4, max(intensities) * 4
+    grid = [low * (high / low) ** (i / 200) for i in range(201)]
+    fig, ax = axes(ax)
+    for i, (name, (peak, bw)) in enumerate(roofs.items()):
+        color = f"C{i}"
+        ax.plot(grid, [attainable_flops(x, peak, bw) for x in grid], "-", color=color, linewidth=2,
+                label=f"{name}: {_rate(peak, 'FLOP/s')}, {_rate(bw, 'B/s')}")
+        ax.axvline(ridges[name], color=color, linestyle=":", linewidth=1)
+    markers = "osD^vP*X"
+    for j, (label, (xs, ys)) in enumerate(points.items()):
+        ax.plot(xs, ys, markers[j % len(markers)], color=f"C{len(roofs) + j}", label=label, markersize=6)
+        for x, y, text in zip(xs, ys, labels.get(label, [])):
+            ax.annotate(str(text), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.set_title(title or "Left of the ridge memory limits speed, right of it compute does")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def plot_ttft_tpot(prompt_lens, ttft_s, tpot_s, ax=None, title: str | None = None):
+    """Time to first token and time per output token (milliseconds) against the prompt length, log-log."""
+    prompt_lens = _checks.check_values("prompt_lens", prompt_lens)
+    series = {"time to first token (prefill)": _checks.check_values("ttft_s", ttft_s, length=len(prompt_lens)),
+              "time per output token (one decode step)": _checks.check_values("tpot_s", tpot_s, length=len(prompt_lens))}
+    fig, ax = axes(ax)
+    for i, (label, ys) in enumerate(series.items()):
+        ax.plot(prompt_lens, [y * 1e3 for y in ys], "o-", color=f"C{i}", label=label)
+    ax.set_xscale("log", base=2)
+    plain_log2_ticks(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("prompt length P (tokens)")
+    ax.set_ylabel("time (ms)")
+    ax.set_title(title or "The first token waits for the whole prompt; later tokens barely notice it")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_batch_sweep(batch_sizes, tokens_per_s, latency_s, budget_s: float = 0.05, axes=None):
+    """Two panels against the batch size: decode throughput (tokens/s) and per-token latency (ms, with a budget).
+
+    Batching shares every weight read among the rows, so throughput rises almost in proportion while each step,
+    hence each user's wait per token, gets only a little slower, until the budget line says users would notice.
+    """
+    batch_sizes = _checks.check_values("batch_sizes", batch_sizes)
+    tokens_per_s = _checks.check_values("tokens_per_s", tokens_per_s, length=len(batch_sizes))
+    latency_s = _checks.check_values("latency_s", latency_s, length=len(batch_sizes))
+    budget_s = check_number("budget_s", budget_s, 0, inclusive=False)
+    fig, axes = panels(axes, 2, figsize=(9.6, 3.8))
+    left, right = axes
+    left.plot(batch_sizes, tokens_per_s, "o-", color="C0")
+    left.set_ylabel("decode throughput (tokens/s, all rows)")
+    gain = tokens_per_s[-1] / tokens_per_s[0]
+    left.set_title(f"Throughput x{gain:.1f} from batch {batch_sizes[0]:g} to {batch_sizes[-1]:g}")
+    ms = [y * 1e3 for y in latency_s]
+    right.plot(batch_sizes, ms, "o-", color="C1", label="measured time per output token")
+    right.axhline(budget_s * 1e3, color="tab:red", linestyle="--", label=f"budget: {budget_s * 1e3:g} ms per token")
+    over = [b for b, y in zip(batch_sizes, latency_s) if y > budget_s]
+    finding = f"over budget from batch {over[0]:g}" if over else "and stays under budget"
+    right.set_title(f"Per-token latency rises too, {finding}")
+    right.set_ylabel("time per output token (ms)")
+    right.set_ylim(min(ms) / 2, max(max(ms), budget_s * 1e3) * 2)
+    right.legend(fontsize=8, loc="upper left")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        plain_log2_ticks(ax)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B (sequences decoded together)")
+        ax.grid(True, which="major", alpha=0.3)
+    return fig
