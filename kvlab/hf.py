@@ -44,6 +44,7 @@ except ImportError as exc:  # the optional dependency is missing: say how to get
 
 import torch
 
+from .checks import check_int, check_one_of, check_type
 from .model import GPTConfig, TinyGPT
 
 __all__ = ["TESTED_MAJOR", "weight_names", "to_gpt2_config", "from_gpt2_config", "to_transformers", "from_transformers",
@@ -65,13 +66,6 @@ _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU with the tanh a
 _ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
-def _check_token_id(name: str, value: object, vocab_size: int) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise ValueError(f"{name} must be None or a token id in 0..{vocab_size - 1}, got {value!r}")
-
-
 def to_gpt2_config(config: GPTConfig, *, attn_implementation: str = "sdpa", bos_token_id: int | None = None,
                    eos_token_id: int | None = None, pad_token_id: int | None = None) -> GPT2Config:
     """The ``GPT2Config`` of a TinyGPT with these sizes: dropout off, GPT-2's tanh GELU, LayerNorm eps 1e-5, tied head.
@@ -81,16 +75,15 @@ def to_gpt2_config(config: GPTConfig, *, attn_implementation: str = "sdpa", bos_
     None: no begin, end or padding token, so `generate` runs for exactly ``max_new_tokens`` like `kvlab.generate`;
     pass ids from the vocabulary to have them (e.g. the hello tokenizer's newline as end of sequence).
     """
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"config must be a kvlab.GPTConfig, got {type(config).__name__}")
+    check_type("config", config, GPTConfig, "a kvlab.GPTConfig")
     if config.n_kv_head != config.n_head:
         raise ValueError(f"GPT-2 has one K/V head per query head; grouped-query attention (n_kv_head="
                          f"{config.n_kv_head} < n_head={config.n_head}) cannot be converted to GPT2LMHeadModel")
-    if attn_implementation not in _ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {_ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}")
+    check_one_of("attn_implementation", attn_implementation, _ATTN_IMPLEMENTATIONS)
     for name, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id),
                         ("pad_token_id", pad_token_id)):
-        _check_token_id(name, value, config.vocab_size)
+        if value is not None:  # None: no such token
+            check_int(name, value, 0, config.vocab_size - 1)
     return GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.max_seq_len, n_embd=config.d_model,
         n_layer=config.n_layer, n_head=config.n_head, activation_function="gelu_new", layer_norm_epsilon=1e-5,
@@ -105,9 +98,7 @@ def from_gpt2_config(gpt2_config: GPT2Config) -> GPTConfig:
 
     Dropout probabilities are ignored: they act only in training, and both models are compared in eval mode.
     """
-    if not isinstance(gpt2_config, GPT2Config):
-        raise TypeError(f"gpt2_config must be a transformers.GPT2Config, got {type(gpt2_config).__name__}")
-    c = gpt2_config
+    c = check_type("gpt2_config", gpt2_config, GPT2Config, "a transformers.GPT2Config")
     unsupported = [
         ("scale_attn_by_inverse_layer_idx", c.scale_attn_by_inverse_layer_idx, False,
          "TinyGPT scales every layer's scores by 1/sqrt(head_dim) only"),
@@ -135,8 +126,7 @@ def weight_names(config: GPTConfig) -> list[tuple[str, str, bool]]:
 
     The table in this module's docstring, spelled out; the tied LM head is not listed (it is ``wte``).
     """
-    if not isinstance(config, GPTConfig):
-        raise TypeError(f"config must be a kvlab.GPTConfig, got {type(config).__name__}")
+    check_type("config", config, GPTConfig, "a kvlab.GPTConfig")
     names = [("wte.weight", "transformer.wte.weight", False), ("wpe.weight", "transformer.wpe.weight", False),
              ("ln_f.weight", "transformer.ln_f.weight", False), ("ln_f.bias", "transformer.ln_f.bias", False)]
     for i in range(config.n_layer):
@@ -156,8 +146,7 @@ def to_transformers(model: TinyGPT, *, attn_implementation: str = "sdpa", bos_to
 
     Built from a ``GPT2Config`` (`to_gpt2_config`), so nothing is downloaded. Grouped-query models raise ValueError.
     """
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
     config = to_gpt2_config(model.config, attn_implementation=attn_implementation, bos_token_id=bos_token_id,
                             eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     weight = model.wte.weight
@@ -180,8 +169,7 @@ def from_transformers(hf_model: GPT2LMHeadModel) -> TinyGPT:
     Any GPT-2 of transformers converts, as long as TinyGPT can represent it (see `from_gpt2_config`); otherwise
     a ValueError names the option that stands in the way.
     """
-    if not isinstance(hf_model, GPT2LMHeadModel):
-        raise TypeError(f"hf_model must be a transformers.GPT2LMHeadModel, got {type(hf_model).__name__}")
+    check_type("hf_model", hf_model, GPT2LMHeadModel, "a transformers.GPT2LMHeadModel")
     config = from_gpt2_config(hf_model.config)
     if not torch.equal(hf_model.lm_head.weight, hf_model.transformer.wte.weight):
         raise ValueError("cannot convert: lm_head.weight differs from transformer.wte.weight, but TinyGPT's LM head "
@@ -213,11 +201,9 @@ def forward(hf_model: GPT2LMHeadModel, input_ids: torch.Tensor,
     With ``cache=None`` transformers makes a new ``DynamicCache``. This is the ``model(idx, cache)`` of kvlab;
     only the argument's name depends on the installed version (see `cache_argument_name`).
     """
-    if not isinstance(hf_model, GPT2LMHeadModel):
-        raise TypeError(f"hf_model must be a transformers.GPT2LMHeadModel, got {type(hf_model).__name__}")
-    if cache is not None and not isinstance(cache, cache_utils.Cache):
-        raise TypeError(f"cache must be None or a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}"
-                        " (a kvlab cache or a tuple of (key, value) pairs does not fit transformers 5)")
+    check_type("hf_model", hf_model, GPT2LMHeadModel, "a transformers.GPT2LMHeadModel")
+    check_type("cache", cache, (cache_utils.Cache, type(None)), "None or a transformers Cache (e.g. DynamicCache); "
+               "a kvlab cache or a tuple of (key, value) pairs does not fit transformers 5")
     name = cache_argument_name()
     output = hf_model(input_ids, use_cache=True, **{name: cache})
     return output.logits, output[name]
@@ -228,8 +214,7 @@ def cache_nbytes(cache: cache_utils.Cache) -> int:
 
     A ``StaticCache`` counts its whole pre-allocated buffers, as kvlab's does; layers not yet created count 0.
     """
-    if not isinstance(cache, cache_utils.Cache):
-        raise TypeError(f"cache must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}")
+    check_type("cache", cache, cache_utils.Cache, "a transformers Cache (e.g. DynamicCache)")
     total = 0
     for layer in cache.layers:
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
@@ -339,8 +324,9 @@ def cache_api_table() -> list[ApiRow]:
 
 def format_api_table(rows: list[ApiRow]) -> str:
     """The rows as a Markdown table for a notebook; a name's state is written beside it unless it is 'present'."""
-    if not isinstance(rows, list) or not all(isinstance(r, ApiRow) for r in rows):
-        raise TypeError("rows must be a list of ApiRow, as cache_api_table() returns")
+    check_type("rows", rows, list, "a list of ApiRow, as cache_api_table() returns")
+    for i, row in enumerate(rows):
+        check_type(f"rows[{i}]", row, ApiRow, "an ApiRow, as cache_api_table() returns")
 
     def names(pairs: tuple[tuple[str, str], ...]) -> str:
         return ", ".join(f"`{name}`" + ("" if state == "present" else f" **{state}**") for name, state in pairs)
@@ -356,8 +342,7 @@ def captured_messages(fn: Callable[[], object]) -> tuple[object, list[str]]:
     The messages are caught, not printed, so a chapter can show *that* transformers complains (and test that
     kvlab's conversion makes it stop) without a wall of red text.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
+    check_type("fn", fn, Callable, "a callable taking no arguments")
     messages: list[str] = []
 
     class _Collect(logging.Handler):

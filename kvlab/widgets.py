@@ -7,11 +7,11 @@ ipywidgets is imported here only, never by ``import kvlab``.
 
 from __future__ import annotations
 
-import math
-
 import ipywidgets as widgets
 
 from . import memory, plots
+from .checks import check_int, check_number, check_one_of
+from .plots.attention import position_labels
 
 __all__: list[str] = ["GPU_MEMORY_GIB", "draw_memory_calculator", "memory_calculator", "cache_stepper",
                      "COST_D_MODELS", "COST_LENGTHS", "draw_cost_explorer", "cost_explorer"]
@@ -40,11 +40,7 @@ def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: i
     (never a traceback, since a learner dragging sliders will hit them) and draws the report.
     """
     try:
-        if isinstance(n_params_billion, bool) or not isinstance(n_params_billion, (int, float)):
-            raise TypeError(f"n_params_billion must be a number, got {n_params_billion!r}")
-        if not (math.isfinite(n_params_billion) and n_params_billion >= 0):
-            raise ValueError(f"n_params_billion must be a finite number >= 0, got {n_params_billion!r}")
-        n_params = round(n_params_billion * 1e9)
+        n_params = round(check_number("n_params_billion", n_params_billion, 0) * 1e9)
         name = _preset_name(n_layer, d_model, n_head, n_kv_head, n_params)
         report = memory.memory_report(n_layer, d_model, n_head, n_kv_head, batch_size, seq_len, dtype,
                                       gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype, name=name)
@@ -62,13 +58,10 @@ def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: 
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    if preset is not None and preset not in memory.MODEL_PRESETS:
-        raise ValueError(f"preset must be None (custom) or one of {', '.join(memory.MODEL_PRESETS)}, got {preset!r}")
-    if gpu_gib not in GPU_MEMORY_GIB:
-        raise ValueError(f"gpu_gib must be one of {GPU_MEMORY_GIB}, got {gpu_gib!r}")
-    for name, value, high in (("batch_size", batch_size, 256), ("seq_len", seq_len, 131072)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-            raise ValueError(f"{name} must be an int in 1..{high} (the slider's range), got {value!r}")
+    check_one_of("preset", preset, [None, *memory.MODEL_PRESETS])  # None: a custom model
+    check_one_of("gpu_gib", gpu_gib, GPU_MEMORY_GIB)
+    check_int("batch_size", batch_size, 1, 256)  # the sliders' ranges
+    check_int("seq_len", seq_len, 1, 131072)
     style = {"description_width": "150px"}
     layout = widgets.Layout(width="480px")
 
@@ -138,11 +131,9 @@ def cache_stepper(T: int = 10, tokens=None, t: int = 1) -> widgets.interactive:
     """
     import matplotlib.pyplot as plt
 
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ValueError(f"T must be an int >= 1, got {T!r}")
-    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= T:
-        raise ValueError(f"t must be an int in 0..{T}, got {t!r}")
-    plots._position_labels(T, tokens)  # fail now, not on the first redraw, if tokens do not fit T
+    T = check_int("T", T, 1)
+    t = check_int("t", t, 0, T)
+    position_labels(T, tokens)  # fail now, not on the first redraw, if tokens do not fit T
 
     def draw(t: int) -> None:
         plots.plot_cache_step(t, T, tokens)
@@ -169,12 +160,8 @@ def draw_cost_explorer(d_model: int, n_layer: int, T: int, vocab_size: int = 502
     from . import flops
     from .model import GPTConfig
 
-    for name, value in (("d_model", d_model), ("n_layer", n_layer), ("T", T), ("vocab_size", vocab_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
-        if value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    d_model, n_layer, T, vocab_size = int(d_model), int(n_layer), int(T), int(vocab_size)
+    d_model, n_layer = check_int("d_model", d_model, 1), check_int("n_layer", n_layer, 1)
+    T, vocab_size = check_int("T", T, 1), check_int("vocab_size", vocab_size, 1)
     config = GPTConfig(vocab_size=vocab_size, n_layer=n_layer, n_head=1, d_model=d_model, max_seq_len=T)
     lengths = sorted({int(round(t)) for t in np.geomspace(1, T, 48)})
     modes = {"with cache": True, "without cache": False}
@@ -197,12 +184,9 @@ def cost_explorer(d_model: int = 768, n_layer: int = 12, T: int = 8192, vocab_si
     """Sliders for d_model, n_layer and T that redraw `draw_cost_explorer` (defaults: GPT-2 small's shape)."""
     import matplotlib.pyplot as plt
 
-    if d_model not in COST_D_MODELS:
-        raise ValueError(f"d_model must be one of the slider's stops {COST_D_MODELS}, got {d_model!r}")
-    if T not in COST_LENGTHS:
-        raise ValueError(f"T must be a power of two from 1 to {COST_LENGTHS[-1]:,} (the slider's stops), got {T!r}")
-    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or not 1 <= n_layer <= 128:
-        raise ValueError(f"n_layer must be an int in 1..128 (the slider's range), got {n_layer!r}")
+    check_one_of("d_model", d_model, COST_D_MODELS)  # the sliders' stops and range
+    check_one_of("T", T, COST_LENGTHS)
+    check_int("n_layer", n_layer, 1, 128)
     draw_cost_explorer(d_model, n_layer, T, vocab_size)  # fail now on a bad vocab_size, not on the first redraw
     plt.close("all")
 
