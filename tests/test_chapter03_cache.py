@@ -285,9 +285,9 @@ def test_copied_bytes_plot(hello):
     assert ax.get_xscale() == ax.get_yscale() == "log" and "Θ(T²)" in ax.get_title()
     assert len(ax.lines) == 3
     plt.close(figure)
-    with pytest.raises(ValueError, match="'a' has 1 values for 2 lengths"):
+    with pytest.raises(ValueError, match=r"measured\['a'\]"):
         plots.copied_bytes_vs_length([2, 4], {"a": [4]})
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"measured\['a'\]\[0\]"):  # a log axis cannot show 0
         plots.copied_bytes_vs_length([1, 2], {"a": [0, 4]})
 
 

@@ -6,7 +6,6 @@ import ast
 import math
 from pathlib import Path
 
-import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -303,33 +302,48 @@ def test_bench_bad_input_raises(call, error, message):
 
 # --- kvlab.plots ------------------------------------------------------------------------------------------------
 
-def test_plots_return_figures():
-    Figure = matplotlib.figure.Figure
-    assert isinstance(plots.plot_intensity({"prefill": ([1, 2, 4], [0.5, 1.0, 2.0])}, {"CPU": 3.0}), Figure)
-    assert isinstance(plots.plot_intensity({"one point": ([1], [1.0])}), Figure)
-    fig = plots.plot_roofline({"CPU": (1e11, 2e10), "GPU": (3e14, 2e12)},
-                              {"decode": ([0.5, 1.0], [1e9, 2e9])}, {"decode": ["B=1", "B=2"]})
-    assert isinstance(fig, Figure)
-    assert isinstance(plots.plot_roofline({"only roofs": (1e9, 1e9)}), Figure)
-    assert isinstance(plots.plot_ttft_tpot([8, 32], [0.01, 0.02], [0.003, 0.003]), Figure)
-    for latency in ([0.003, 0.004], [0.04, 0.09]):  # under and over the 50 ms budget
-        assert isinstance(plots.plot_batch_sweep([1, 2], [300.0, 500.0], latency), Figure)
+def test_intensity_plot_draws_each_series_and_ridge():
+    ax = plots.plot_intensity({"prefill": ([1, 2, 4], [0.5, 1.0, 2.0])}, {"CPU": 3.0}).axes[0]
+    series, ridge = ax.lines
+    assert list(series.get_xdata()) == [1, 2, 4] and list(series.get_ydata()) == [0.5, 1.0, 2.0]
+    assert list(ridge.get_ydata()) == [3.0, 3.0] and ax.get_xscale() == ax.get_yscale() == "log"
     _, ax = plt.subplots()
-    assert plots.plot_intensity({"a": ([1], [1])}, ax=ax) is ax.figure
+    assert plots.plot_intensity({"one point": ([1], [1])}, ax=ax) is ax.figure and len(ax.lines) == 1
+
+
+def test_roofline_plot_draws_min_of_peak_and_bandwidth_with_ridges_and_points():
+    peak, bandwidth = 1e11, 2e10  # ridge at 5 FLOP/byte
+    ax = plots.plot_roofline({"CPU": (peak, bandwidth)}, {"decode": ([0.5, 1.0], [1e9, 2e9])},
+                             {"decode": ["B=1", "B=2"]}).axes[0]
+    roof, ridge, points = ax.lines
+    assert list(roof.get_ydata()) == pytest.approx([min(peak, bandwidth * x) for x in roof.get_xdata()])
+    assert list(ridge.get_xdata()) == [5.0, 5.0]
+    assert list(points.get_ydata()) == [1e9, 2e9] and [t.get_text() for t in ax.texts] == ["B=1", "B=2"]
+    assert len(plots.plot_roofline({"only roofs": (1e9, 1e9)}).axes[0].lines) == 2
+
+
+def test_ttft_tpot_and_batch_sweep_plots_draw_milliseconds_and_the_budget():
+    ttft, tpot = plots.plot_ttft_tpot([8, 32], [0.01, 0.02], [0.003, 0.003]).axes[0].lines
+    assert list(ttft.get_ydata()) == pytest.approx([10, 20]) and list(tpot.get_ydata()) == pytest.approx([3, 3])
+    for latency, finding in (([0.003, 0.004], "stays under budget"), ([0.04, 0.09], "over budget from batch 2")):
+        left, right = plots.plot_batch_sweep([1, 2], [300.0, 500.0], latency).axes  # budget: 50 ms
+        assert list(left.lines[0].get_ydata()) == [300.0, 500.0] and "x1.7" in left.get_title()
+        assert list(right.lines[0].get_ydata()) == pytest.approx([y * 1e3 for y in latency])
+        assert finding in right.get_title()
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: plots.plot_intensity({"a": ([1, 2], [1])}), ValueError, "needs as many ys as xs"),
-    (lambda: plots.plot_intensity({"a": ([], [])}), ValueError, "needs as many ys as xs, at least one"),
-    (lambda: plots.plot_intensity({"a": ([0], [1])}), ValueError, "log axes need finite numbers > 0"),
-    (lambda: plots.plot_intensity([1, 2]), TypeError, "series must be a dict"),
-    (lambda: plots.plot_intensity({"a": ([1], [1])}, {"CPU": -1}), ValueError, "ridges\\['CPU'\\] must be"),
-    (lambda: plots.plot_roofline({}), ValueError, "roofs must be a non-empty dict"),
-    (lambda: plots.plot_roofline({"CPU": (0, 1)}), ValueError, "peak_flops must be a finite number > 0"),
+    (lambda: plots.plot_intensity({"a": ([1, 2], [1])}), ValueError, r"series\['a'\] ys"),
+    (lambda: plots.plot_intensity({"a": ([], [])}), ValueError, r"series\['a'\] xs"),
+    (lambda: plots.plot_intensity({"a": ([0], [1])}), ValueError, r"series\['a'\] xs\[0\]"),
+    (lambda: plots.plot_intensity([1, 2]), TypeError, "series"),
+    (lambda: plots.plot_intensity({"a": ([1], [1])}, {"CPU": -1}), ValueError, r"ridges\['CPU'\]"),
+    (lambda: plots.plot_roofline({}), ValueError, "roofs"),
+    (lambda: plots.plot_roofline({"CPU": (0, 1)}), ValueError, "peak_flops"),
     (lambda: plots.plot_roofline({"CPU": (1, 1)}, {"p": ([1], [1])}, {"p": ["a", "b"]}), ValueError,
-     "one text per point"),
-    (lambda: plots.plot_ttft_tpot([8, 16], [0.1, -0.1], [0.1, 0.1]), ValueError, "log axes need"),
-    (lambda: plots.plot_batch_sweep([1, 2], [1.0, 2.0], [0.1, 0.1], budget_s=0), ValueError, "budget_s must be"),
+     r"labels\['p'\]"),
+    (lambda: plots.plot_ttft_tpot([8, 16], [0.1, -0.1], [0.1, 0.1]), ValueError, r"ttft_s\[1\]"),
+    (lambda: plots.plot_batch_sweep([1, 2], [1.0, 2.0], [0.1, 0.1], budget_s=0), ValueError, "budget_s"),
 ])
 def test_plot_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):

@@ -704,16 +704,16 @@ def test_plots_draw_one_line_or_point_per_strategy():
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda: plots.plot_quality_vs_budget([8], {"a": [_report(1.0)]}, metric="bytes"), ValueError,
-     "metric must be one of cross_entropy, top1_agreement"),
-    (lambda: plots.plot_quality_vs_budget([8, 16], {"a": [_report(1.0)]}), ValueError, "1 reports for 2 budgets"),
-    (lambda: plots.plot_quality_vs_budget([], {}), ValueError, "at least one budget"),
-    (lambda: plots.plot_bytes_per_step({}), ValueError, "non-empty dict"),
-    (lambda: plots.plot_bytes_per_step({"a": [1.5]}), ValueError, "byte counts"),
-    (lambda: plots.plot_bytes_per_step({"a": [1]}, first=0), ValueError, "first must be an int >= 1"),
-    (lambda: plots.plot_memory_vs_quality({"a": [3]}), TypeError, "(label, kvlab.quality.QualityReport) pairs"),
-    (lambda: plots.plot_memory_vs_quality({"a": []}), ValueError, "at least one (label, QualityReport) pair"),
-    (lambda: plots.plot_memory_vs_quality({}), ValueError, "non-empty dict"),
+    (lambda: plots.plot_quality_vs_budget([8], {"a": [_report(1.0)]}, metric="bytes"), ValueError, "metric"),
+    (lambda: plots.plot_quality_vs_budget([8, 16], {"a": [_report(1.0)]}), ValueError, "reports_by_label['a']"),
+    (lambda: plots.plot_quality_vs_budget([], {}), ValueError, "budgets"),
+    (lambda: plots.plot_bytes_per_step({}), ValueError, "bytes_by_label"),
+    (lambda: plots.plot_bytes_per_step({"a": [1.5]}), TypeError, "bytes_by_label['a'][0]"),
+    (lambda: plots.plot_bytes_per_step({"a": [-1]}), ValueError, "bytes_by_label['a'][0]"),
+    (lambda: plots.plot_bytes_per_step({"a": [1]}, first=0), ValueError, "first"),
+    (lambda: plots.plot_memory_vs_quality({"a": [3]}), TypeError, "series['a']"),
+    (lambda: plots.plot_memory_vs_quality({"a": []}), ValueError, "series['a']"),
+    (lambda: plots.plot_memory_vs_quality({}), ValueError, "series"),
 ])
 def test_plots_bad_input(call, error, message):
     with pytest.raises(error, match=re.escape(message)):

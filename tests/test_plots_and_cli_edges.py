@@ -8,9 +8,11 @@ from kvlab.cli import main
 
 
 @pytest.mark.parametrize("lengths, measured, message", [
-    ([], {"a": []}, "lengths must hold at least one length"),
-    ([1, 2], {"a": [1.0, float("nan")]}, "finite, positive lengths and byte counts; 'a' has one that is not"),
-    ([1, 2], {"a": [1.0, float("inf")]}, "finite, positive lengths and byte counts"),
+    ([], {"a": []}, "lengths"),
+    ([1, 2], {"a": [1.0, float("nan")]}, r"measured\['a'\]\[1\]"),
+    ([1, 2], {"a": [1.0, float("inf")]}, r"measured\['a'\]\[1\]"),
+    ([0, 2], {"a": [1.0, 2.0]}, r"lengths\[0\]"),
+    ([1, 2], {"a": [1.0]}, r"measured\['a'\]"),
 ])
 def test_copied_bytes_plot_rejects_what_a_log_axis_cannot_show(lengths, measured, message):
     with pytest.raises(ValueError, match=message):
@@ -18,20 +20,33 @@ def test_copied_bytes_plot_rejects_what_a_log_axis_cannot_show(lengths, measured
 
 
 def test_batch_sweep_budget_must_be_finite():
-    with pytest.raises(ValueError, match="budget_s must be a finite number of seconds > 0, got inf"):
+    with pytest.raises(ValueError, match="budget_s"):
         plots.plot_batch_sweep([1, 2], [10.0, 18.0], [0.01, 0.011], budget_s=float("inf"))
 
 
 def test_paging_waste_accepts_numpy_counts_and_rejects_nan():
-    fig = plots.plot_paging_waste([1, 2], np.array([1, 1]), np.int64(5))  # numpy numbers are byte counts too
-    assert fig.axes
-    with pytest.raises(ValueError, match="paged_bytes must hold finite byte counts >= 0"):
+    ax = plots.plot_paging_waste([1, 2], np.array([1024, 2048]), np.int64(5120)).axes[0]  # numpy numbers count too
+    assert list(ax.lines[-1].get_ydata()) == [1.0, 2.0]  # KiB
+    assert ax.lines[0].get_ydata()[0] == 5.0  # the contiguous line
+    with pytest.raises(ValueError, match=r"paged_bytes\[1\]"):
         plots.plot_paging_waste([1, 2], [1.0, float("nan")], 5)
 
 
 def test_bytes_per_step_accepts_numpy_ints():
-    fig = plots.plot_bytes_per_step({"full": np.array([1024, 2048, 3072])})
-    assert fig.axes
+    ax = plots.plot_bytes_per_step({"full": np.array([1024, 2048, 3072])}).axes[0]
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3] and list(ax.lines[0].get_ydata()) == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("call, error, parameter", [
+    (lambda: plots.plot_bytes_per_step({"a": [True]}), TypeError, r"bytes_by_label\['a'\]\[0\]"),
+    (lambda: plots.plot_cost_vs_length([1, 2], []), TypeError, "flops"),
+    (lambda: plots.plot_roofline({"CPU": (1, 1)}, {"p": (1, 2, 3)}), TypeError, r"points\['p'\]"),
+    (lambda: plots.plot_step_times({"a": 0.1}), TypeError, r"stats_by_label\['a'\]"),
+    (lambda: plots.plot_step_times({}), ValueError, "stats_by_label"),
+])
+def test_the_shared_validator_names_where_the_bad_value_sits(call, error, parameter):
+    with pytest.raises(error, match=parameter):
+        call()
 
 
 @pytest.mark.parametrize("argv, message", [
