@@ -1,7 +1,9 @@
 """Chapter 07: kvlab <-> transformers. Same logits, same tokens, same cache bytes; `import kvlab` stays light.
 
 Tests that need transformers skip without it (`pip install -e ".[hf]"`; the test extra installs it). Nothing here
-reaches the network: the environment is set offline before transformers is imported.
+reaches the network: the environment is set offline before transformers is imported. Nothing here depends on a minor
+version of transformers 5 either (its source text, its log messages, which of its methods were renamed): the
+tests check behaviour, and read names from the installed package.
 """
 
 import os
@@ -274,7 +276,7 @@ def test_static_cache_generation_matches_kvlab(hello, hello_hf):
     ours_cache = kvlab.StaticCache(c, batch_size=1, max_cache_len=64)
     assert torch.equal(theirs, kvlab.generate(model, prompt, 30, cache=ours_cache))
     assert int(static.get_seq_length()) == ours_cache.get_seq_length() == 22 + 30 - 1
-    assert static.get_max_length() == ours_cache.get_max_cache_shape() == 64
+    assert static.layers[0].keys.shape[2] == ours_cache.get_max_cache_shape() == 64  # the capacity of the buffers
     assert hf.cache_nbytes(static) == ours_cache.nbytes == kv_cache_bytes(c.n_layer, 1, 64, c.d_model, 4) == 131_072
 
 
@@ -317,13 +319,24 @@ def test_conversion_and_generation_log_nothing(hello):
 
 
 @needs_hf
-def test_captured_messages_catches_transformers_complaints():
-    """GPT-2's default special tokens (50256) in a 25-token vocabulary: the complaint the chapter shows."""
+def test_captured_messages_catches_transformers_log_messages_and_warnings():
+    def complain():
+        transformers.utils.logging.get_logger("transformers.models.gpt2").warning("token 50256 is out of range")
+        __import__("warnings").warn("plain warning")
+        return 7
+
+    assert hf.captured_messages(complain) == (7, ["token 50256 is out of range", "plain warning"])
+
+
+@needs_hf
+def test_gpt2_defaults_are_out_of_a_small_vocabulary():
+    """GPT-2's default special tokens (50256) in a 25-token vocabulary: what the chapter's conversion avoids.
+
+    Some 5.x releases log a complaint for each such id, others say nothing; any complaint names the id.
+    """
     config, messages = hf.captured_messages(lambda: transformers.GPT2Config(vocab_size=25))
-    assert config.eos_token_id == 50256
-    assert len(messages) == 2 and all("50256" in m for m in messages)
-    _, caught = hf.captured_messages(lambda: __import__("warnings").warn("plain warning"))
-    assert caught == ["plain warning"]
+    assert config.bos_token_id == config.eos_token_id == 50256
+    assert all("50256" in m for m in messages)
 
 
 # --- the name map is read from the installed package ---
@@ -411,39 +424,42 @@ def test_untied_lm_head_weights_are_refused():
 
 @needs_hf
 @pytest.mark.parametrize("name", ["bos_token_id", "eos_token_id", "pad_token_id"])
-@pytest.mark.parametrize("bad", [-1, 37, 50256, 1.0, True])
-def test_special_token_ids_must_lie_in_the_vocabulary(name, bad):
-    with pytest.raises(ValueError, match=f"{name} must be None or a token id in 0..36"):
+@pytest.mark.parametrize("bad, error", [(-1, ValueError), (37, ValueError), (50256, ValueError), (1.0, TypeError),
+                                        (True, TypeError)])
+def test_special_token_ids_must_lie_in_the_vocabulary(name, bad, error):
+    with pytest.raises(error, match=rf"{name} must be an int in 0\.\.36"):
         hf.to_transformers(random_model(), **{name: bad})
 
 
 @needs_hf
 def test_bad_arguments_raise_naming_the_value():
     model = random_model()
-    with pytest.raises(ValueError, match="attn_implementation must be one of .* got 'flash'"):
+    with pytest.raises(ValueError, match="attn_implementation"):
         hf.to_transformers(model, attn_implementation="flash")
-    with pytest.raises(TypeError, match="model must be a kvlab.TinyGPT, got str"):
+    with pytest.raises(TypeError, match="^model"):
         hf.to_transformers("gpt2")
-    with pytest.raises(TypeError, match="config must be a kvlab.GPTConfig"):
+    with pytest.raises(TypeError, match="^config"):
         hf.to_gpt2_config({"n_layer": 2})
-    with pytest.raises(TypeError, match="config must be a kvlab.GPTConfig"):
+    with pytest.raises(TypeError, match="^config"):
         hf.weight_names(None)
-    with pytest.raises(TypeError, match="hf_model must be a transformers.GPT2LMHeadModel, got TinyGPT"):
+    with pytest.raises(TypeError, match="^hf_model"):
         hf.from_transformers(model)
-    with pytest.raises(TypeError, match="gpt2_config must be a transformers.GPT2Config, got GPTConfig"):
+    with pytest.raises(TypeError, match="^gpt2_config"):
         hf.from_gpt2_config(model.config)
     hf_model = hf.to_transformers(model)
-    with pytest.raises(TypeError, match="hf_model must be a transformers.GPT2LMHeadModel"):
+    with pytest.raises(TypeError, match="^hf_model"):
         hf.forward(model, torch.tensor([[1]]))
-    with pytest.raises(TypeError, match="cache must be None or a transformers Cache .* got DynamicCache"):
+    with pytest.raises(TypeError, match=r"^cache.*\(DynamicCache\)$"):  # a kvlab cache
         hf.forward(hf_model, torch.tensor([[1]]), kvlab.DynamicCache())
-    with pytest.raises(TypeError, match="got tuple"):
+    with pytest.raises(TypeError, match=r"^cache.*\(tuple\)$"):  # the tuples of transformers 4
         hf.forward(hf_model, torch.tensor([[1]]), ((torch.zeros(1), torch.zeros(1)),))
-    with pytest.raises(TypeError, match="cache must be a transformers Cache"):
+    with pytest.raises(TypeError, match="^cache"):
         hf.cache_nbytes(kvlab.DynamicCache())
-    with pytest.raises(TypeError, match="rows must be a list of ApiRow"):
+    with pytest.raises(TypeError, match=r"rows\[0\]"):
         hf.format_api_table(["row"])
-    with pytest.raises(TypeError, match="fn must be a callable"):
+    with pytest.raises(TypeError, match="^rows"):
+        hf.format_api_table(hf.cache_api_table()[0])
+    with pytest.raises(TypeError, match="^fn"):
         hf.captured_messages(42)
 
 
