@@ -34,8 +34,7 @@ from dataclasses import dataclass
 
 try:
     import transformers
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers import cache_utils
+    from transformers import GPT2Config, GPT2LMHeadModel, cache_utils
 except ImportError as exc:  # the optional dependency is missing: say how to get it
     raise ImportError(
         'kvlab.hf needs the optional dependency transformers. Install kvlab with its "hf" extra: '

@@ -26,7 +26,7 @@ def test_show_source_cuts_between_start_and_stop():
 @pytest.mark.parametrize("kwargs, missing", [(dict(start="no such line"), "no such line"),
                                              (dict(stop="no such line"), "no such line")])
 def test_show_source_names_text_it_cannot_find(kwargs, missing):
-    with pytest.raises(ValueError, match=f"'{missing}' does not occur in the source of causal_mask"):
+    with pytest.raises(ValueError, match=f"'{missing}'.*causal_mask"):  # the text, and where it was looked for
         show_source(kvlab.model.causal_mask, **kwargs)
 
 

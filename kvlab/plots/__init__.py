@@ -15,15 +15,15 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     serving      chapter 09   the waste of paged and contiguous caches
 """
 
-from .generation import plot_positions_per_step, plot_step_times, plot_throughput
+from .._plot_benchmark import plot_benchmark  # noqa: F401  until merge: plot_benchmark moves to kvlab.bench (suite helper)
 from .attention import plot_attention_weights, plot_cache_step
 from .cache import copied_bytes_vs_length
-from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
-from .roofline import plot_batch_sweep, plot_intensity, plot_roofline, plot_ttft_tpot
-from .memory import plot_cache_vs_weights, plot_kv_heads, plot_memory_report
 from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quality_vs_budget
+from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
+from .generation import plot_positions_per_step, plot_step_times, plot_throughput
+from .memory import plot_cache_vs_weights, plot_kv_heads, plot_memory_report
+from .roofline import plot_batch_sweep, plot_intensity, plot_roofline, plot_ttft_tpot
 from .serving import plot_paging_waste
-from .._plot_benchmark import plot_benchmark  # until merge: plot_benchmark moves to kvlab.bench (suite helper)
 
 __all__: list[str] = [
     "plot_positions_per_step", "plot_step_times", "plot_throughput",  # chapter 01

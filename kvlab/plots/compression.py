@@ -22,7 +22,8 @@ def plot_quality_vs_budget(budgets, reports_by_label: dict, metric: str = "cross
     """
     check_one_of("metric", metric, _QUALITY_METRICS)
     budgets = _checks.check_values("budgets", budgets, minimum=1, inclusive=True, integer=True)
-    reports_by_label = _checks.check_entries("reports_by_label", reports_by_label, "{label: [QualityReport per budget]}")
+    reports_by_label = _checks.check_entries("reports_by_label", reports_by_label,
+                                             "{label: [QualityReport per budget]}")
     for label, reports in reports_by_label.items():
         if len(reports) != len(budgets):
             raise ValueError(f"reports_by_label[{label!r}] must hold one report per budget: {len(budgets)} "

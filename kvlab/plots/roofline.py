@@ -52,8 +52,8 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     """
     from ..hardware import attainable_flops, ridge_point
 
-    roofs = {name: (float(peak), float(bw))
-             for name, (peak, bw) in _checks.check_entries("roofs", roofs, "{machine: (peak_flops, bandwidth)}").items()}
+    roofs = _checks.check_entries("roofs", roofs, "{machine: (peak_flops, bandwidth)}")
+    roofs = {name: (float(peak), float(bw)) for name, (peak, bw) in roofs.items()}
     ridges = {name: ridge_point(peak, bw) for name, (peak, bw) in roofs.items()}  # raises on bad numbers
     points = _checks.check_xy_series("points", points)
     labels = dict(labels or {})
@@ -88,8 +88,9 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
 def plot_ttft_tpot(prompt_lens, ttft_s, tpot_s, ax=None, title: str | None = None):
     """Time to first token and time per output token (milliseconds) against the prompt length, log-log."""
     prompt_lens = _checks.check_values("prompt_lens", prompt_lens)
-    series = {"time to first token (prefill)": _checks.check_values("ttft_s", ttft_s, length=len(prompt_lens)),
-              "time per output token (one decode step)": _checks.check_values("tpot_s", tpot_s, length=len(prompt_lens))}
+    per_length = dict(length=len(prompt_lens))
+    series = {"time to first token (prefill)": _checks.check_values("ttft_s", ttft_s, **per_length),
+              "time per output token (one decode step)": _checks.check_values("tpot_s", tpot_s, **per_length)}
     fig, ax = axes(ax)
     for i, (label, ys) in enumerate(series.items()):
         ax.plot(prompt_lens, [y * 1e3 for y in ys], "o-", color=f"C{i}", label=label)
