@@ -43,6 +43,9 @@ def test_bytes_per_step_accepts_numpy_ints():
     (lambda: plots.plot_roofline({"CPU": (1, 1)}, {"p": (1, 2, 3)}), TypeError, r"points\['p'\]"),
     (lambda: plots.plot_step_times({"a": 0.1}), TypeError, r"stats_by_label\['a'\]"),
     (lambda: plots.plot_step_times({}), ValueError, "stats_by_label"),
+    (lambda: plots.plot_intensity({}), ValueError, "series"),  # an empty figure is refused, not drawn
+    (lambda: plots.plot_cost_split([1], {"m": {"dense": [1]}}, [1], {}), ValueError, "total"),
+    (lambda: plots.plot_quality_vs_budget([8.5], {"a": [None]}), TypeError, r"budgets\[0\]"),  # token counts
 ])
 def test_the_shared_validator_names_where_the_bad_value_sits(call, error, parameter):
     with pytest.raises(error, match=parameter):
