@@ -18,14 +18,14 @@ def test_copied_bytes_plot_rejects_what_a_log_axis_cannot_show(lengths, measured
 
 
 def test_batch_sweep_budget_must_be_finite():
-    with pytest.raises(ValueError, match="budget_s must be a finite number of seconds > 0, got inf"):
+    with pytest.raises(ValueError, match="budget_s"):
         plots.plot_batch_sweep([1, 2], [10.0, 18.0], [0.01, 0.011], budget_s=float("inf"))
 
 
 def test_paging_waste_accepts_numpy_counts_and_rejects_nan():
     fig = plots.plot_paging_waste([1, 2], np.array([1, 1]), np.int64(5))  # numpy numbers are byte counts too
     assert fig.axes
-    with pytest.raises(ValueError, match="paged_bytes must hold finite byte counts >= 0"):
+    with pytest.raises(ValueError, match="paged_bytes"):
         plots.plot_paging_waste([1, 2], [1.0, float("nan")], 5)
 
 
