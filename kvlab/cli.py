@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _memory(args: argparse.Namespace) -> str:
     preset = memory.get_preset(args.preset) if args.preset else None
     sizes = {}
-    for field, flag in (("n_layer", "n_layer"), ("d_model", "hidden"), ("n_head", "n_head"), ("n_kv_head", "n_kv_head")):
+    for field, flag in (("n_layer", "n_layer"), ("d_model", "hidden"), ("n_head", "n_head"),
+                        ("n_kv_head", "n_kv_head")):
         value = getattr(args, flag)
         sizes[field] = value if value is not None else getattr(preset, field, None)
     if sizes["n_layer"] is None or sizes["d_model"] is None:

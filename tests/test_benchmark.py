@@ -236,6 +236,17 @@ def test_table_and_note_of_the_committed_run():
     assert bench.closing_note(results) == "All targets checked were met."
 
 
+def test_a_run_without_transformers_is_reported_and_drawn():
+    import matplotlib.pyplot as plt
+
+    results = _committed(vs_transformers_cached=None, vs_transformers_cached_generate=None,
+                         vs_transformers_uncached=None,
+                         details=dataclasses.replace(_committed().details, figure2=bench.results.Figure2()))
+    assert "2b lean_generate ÷ transformers, cached, GPT-2-small shape" in bench.format_table(results)
+    assert "vs_transformers_cached.gpt2: not measured" in bench.closing_note(results)
+    plt.close(bench.plot_benchmark(results))
+
+
 def test_make_model_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)
@@ -300,7 +311,8 @@ def test_readmes_quote_the_committed_default_run():
     """The Performance tables are the committed run's numbers, rounded, not numbers typed by hand."""
     r = bench.load_results(ROOT / bench.DEFAULT_OUT)
     assert r.plan.name == "default" and all(t.met is not False for t in r.targets.values())
-    quoted = [f"{r.cache_speedup:.1f}×", f"{r.elapsed_s:.0f} s", ", ".join(f"{s:.1f}×" for s in r.speedup_by_T.values()),
+    quoted = [f"{r.cache_speedup:.1f}×", f"{r.elapsed_s:.0f} s",
+              ", ".join(f"{s:.1f}×" for s in r.speedup_by_T.values()),
               f"{r.static_latency_ratio:.2f}", f"{r.dynamic_latency_ratio:.2f}",
               f"{r.kernel_floor_fraction:.2f}", f"{r.bandwidth_fraction:.2f}",
               f"{r.kernel_floor_fraction_generate:.2f}", f"{r.bandwidth_fraction_generate:.2f}",

@@ -116,9 +116,12 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
     bar = tqdm(total=len(plan.lengths) + 4 * with_transformers + 2 + 1 + 2, desc="kvlab bench",
                disable=not progress, unit="task")
 
-    def task(description: str) -> None:
+    started_tasks: list[str] = []
+
+    def task(description: str) -> None:  # a task starts: the one before it is done
+        bar.update(bool(started_tasks))
+        started_tasks.append(description)
         bar.set_postfix_str(description)
-        bar.update()
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -138,6 +141,7 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
         long = make_model("long")
         models["long"] = _model_info(long)
         figure3 = figure3_latency_at_depth(plan, long, task)
+        bar.update()
         del long
     finally:
         torch.set_num_threads(previous_threads)
