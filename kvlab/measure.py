@@ -436,7 +436,7 @@ def time_phases(model: TinyGPT, prompt_len: int, batch_size: int = 1, n_decode: 
     Medians make the numbers robust to an interrupted run; they still vary between runs and machines.
     """
     check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
-    check_int("prompt_len", prompt_len, 1)  # and n_decode; time_generation checks the rest
+    check_int("prompt_len", prompt_len, 1)  # time_generation checks the others
     check_int("n_decode", n_decode, 1)
     config = model.config
     if prompt_len + n_decode + 1 > config.max_seq_len:
