@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("info", help="versions, device and threads")
 
-    # --- benchmarks: the course's speed claims side by side (kvlab.benchmark) ---
+    # --- benchmarks: the course's speed claims side by side (kvlab.bench) ---
     bench = commands.add_parser("bench", help="measure the course's speed figures in one run: table, JSON, plot")
     bench.add_argument("--quick", action="store_true", help="shorter runs and fewer repeats (under 30 s; CI runs it)")
     bench.add_argument("--out", help="JSON file to write (default: benchmarks/results/latest.json, or "
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _memory(args: argparse.Namespace) -> str:
     preset = memory.get_preset(args.preset) if args.preset else None
     sizes = {}
-    for field, flag in (("n_layer", "n_layer"), ("d_model", "hidden"), ("n_head", "n_head"), ("n_kv_head", "n_kv_head")):
+    for field, flag in (("n_layer", "n_layer"), ("d_model", "hidden"), ("n_head", "n_head"),
+                        ("n_kv_head", "n_kv_head")):
         value = getattr(args, flag)
         sizes[field] = value if value is not None else getattr(preset, field, None)
     if sizes["n_layer"] is None or sizes["d_model"] is None:
@@ -127,36 +128,33 @@ def _info(args: argparse.Namespace) -> str:
 
 
 def _bench(args: argparse.Namespace) -> str:
-    """`kvlab bench`: run `kvlab.benchmark.run_benchmarks`, write the JSON (and a PNG), return the table."""
-    import json
+    """`kvlab bench`: run `kvlab.bench.run_benchmarks`, write the JSON (and a PNG), return the table."""
     from pathlib import Path
 
-    from . import benchmark
+    from . import bench
+    from .checks import check_int
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    check_int("--threads", args.threads, 1)
     plan = "quick" if args.quick else "default"
-    out = Path(args.out or (benchmark.DEFAULT_OUT if plan == "default" else "benchmarks/results/quick.json"))
-    if out.suffix != ".json":
+    out = Path(args.out or (bench.DEFAULT_OUT if plan == "default" else "benchmarks/results/quick.json"))
+    if out.suffix != ".json":  # checked before the run, not after it
         raise ValueError(f"--out must name a .json file, got {str(out)!r}")
     plot = None if args.no_plot else Path(args.plot or out.with_suffix(".png"))
     if plot is not None and plot.suffix != ".png":
         raise ValueError(f"--plot must name a .png file, got {str(plot)!r}")
-    results = benchmark.run_benchmarks(plan, threads=args.threads, progress=True,
-                                       with_transformers=False if args.no_transformers else None)
-    written = [benchmark.save_results(results, out)]
-    results = json.loads(out.read_text(encoding="utf-8"))  # the table and plot show exactly what the file holds
+    results = bench.run_benchmarks(plan, threads=args.threads, progress=True,
+                                   with_transformers=False if args.no_transformers else None)
+    written = [bench.save_results(results, out)]
+    results = bench.load_results(out)  # the table and plot show exactly what the file holds (rounded)
     if plot is not None:
         import matplotlib.pyplot as plt
 
-        from . import plots
-
         plot.parent.mkdir(parents=True, exist_ok=True)
-        figure = plots.plot_benchmark(results)
+        figure = bench.plot_benchmark(results)
         figure.savefig(plot)
         plt.close(figure)
         written.append(str(plot))
-    return f"{benchmark.format_table(results)}\n{benchmark.closing_note(results)}\nwrote {', '.join(written)}"
+    return f"{bench.format_table(results)}\n{bench.closing_note(results)}\nwrote {', '.join(written)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,40 +15,32 @@ compute-bound (more bandwidth would not help). `kvlab.flops.arithmetic_intensity
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from .checks import check_number, check_one_of
 
 __all__ = ["GPUSpec", "GPU_PRESETS", "get_gpu", "ridge_point", "attainable_flops", "roofline_time"]
 
 PRECISIONS = ("fp32", "fp16")
 
 
-def _check_positive(name: str, value: object) -> float:
-    """A rate or a count of work: a real, finite number > 0 (bools are a bug, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number > 0, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_non_negative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number >= 0, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+def _roofs(peak_flops: float, bandwidth: float) -> tuple[float, float]:
+    """The two roofs as floats: rates, so finite and > 0 (a bool is a bug, not a rate)."""
+    return (check_number("peak_flops", peak_flops, 0, inclusive=False),
+            check_number("bandwidth", bandwidth, 0, inclusive=False))
 
 
 def ridge_point(peak_flops: float, bandwidth: float) -> float:
     """Arithmetic intensity (FLOP/byte) where the memory roof meets the compute roof: peak_flops / bandwidth."""
-    return _check_positive("peak_flops", peak_flops) / _check_positive("bandwidth", bandwidth)
+    peak_flops, bandwidth = _roofs(peak_flops, bandwidth)
+    return peak_flops / bandwidth
 
 
 def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
     """The roofline: the most FLOP/s a computation of this intensity can reach, min(peak, bandwidth · intensity)."""
-    intensity = _check_non_negative("intensity", intensity)
-    return min(_check_positive("peak_flops", peak_flops), _check_positive("bandwidth", bandwidth) * intensity)
+    intensity = check_number("intensity", intensity, 0)
+    peak_flops, bandwidth = _roofs(peak_flops, bandwidth)
+    return min(peak_flops, bandwidth * intensity)
 
 
 def roofline_time(flops: float, n_bytes: float, peak_flops: float, bandwidth: float) -> float:
@@ -56,9 +48,9 @@ def roofline_time(flops: float, n_bytes: float, peak_flops: float, bandwidth: fl
 
     A lower bound: it assumes compute and memory traffic overlap perfectly and ignores launch overheads.
     """
-    flops = _check_non_negative("flops", flops)
-    n_bytes = _check_non_negative("n_bytes", n_bytes)
-    return max(flops / _check_positive("peak_flops", peak_flops), n_bytes / _check_positive("bandwidth", bandwidth))
+    flops, n_bytes = check_number("flops", flops, 0), check_number("n_bytes", n_bytes, 0)
+    peak_flops, bandwidth = _roofs(peak_flops, bandwidth)
+    return max(flops / peak_flops, n_bytes / bandwidth)
 
 
 @dataclass(frozen=True)
@@ -79,9 +71,7 @@ class GPUSpec:
 
     def peak_flops(self, precision: str = "fp16") -> float:
         """Peak FLOP/s for 'fp32' (CUDA cores) or 'fp16' (dense tensor cores; the same for bf16 where supported)."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        return self.fp32_flops if precision == "fp32" else self.fp16_flops
+        return self.fp32_flops if check_one_of("precision", precision, PRECISIONS) == "fp32" else self.fp16_flops
 
     def ridge_point(self, precision: str = "fp16") -> float:
         """FLOP/byte a computation needs before this GPU's compute, not its memory, limits it."""
@@ -108,6 +98,4 @@ GPU_PRESETS: dict[str, GPUSpec] = {
 
 def get_gpu(name: str) -> GPUSpec:
     """Look a GPU up by id, with an error that lists the ids that do exist."""
-    if name not in GPU_PRESETS:
-        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(GPU_PRESETS)}")
-    return GPU_PRESETS[name]
+    return GPU_PRESETS[check_one_of("gpu", name, GPU_PRESETS)]

@@ -1,10 +1,9 @@
 """How many bytes the KV cache takes, in plain Python arithmetic.
 
-The KV cache trades memory for speed: every generated token stores its keys and
-values so they are never recomputed. This module counts that memory by hand so
-a learner can check the formula against real tensors, real GPUs and real models.
-It imports neither torch nor numpy on purpose: widgets, the CLI and notebooks
-reuse these functions, and tests can check them against numbers worked out on paper.
+The KV cache trades memory for speed: every generated token stores its keys and values so they are never recomputed.
+This module counts that memory by hand so a learner can check the formula against real tensors, real GPUs and real
+models. It imports neither torch nor numpy on purpose: widgets, the CLI and notebooks reuse these functions, and
+tests can check them against numbers worked out on paper.
 """
 
 from __future__ import annotations
@@ -13,33 +12,20 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 
+from .checks import check_int, check_number, check_one_of, check_type
+
 GIB = 1024**3  # binary gigabyte: what GPU memory and `torch.cuda` report
 GB = 10**9  # decimal gigabyte: what spec sheets and disk sizes use
 
 DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int4": 0.5}
 
 
+# --- chapter 03: the formula ---
+
+
 def bytes_per_element(dtype: str) -> float:
     """Bytes one number takes in `dtype`; int4 packs two numbers into one byte, hence 0.5."""
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    """Reject bools and floats too: `True` or `12.0` layers is a bug, not a count."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_bytes_per_elem(value: object) -> None:
-    """Allow 0.5 (int4) and other fractional widths, but nothing that is not a positive size."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"bytes_per_elem must be a number > 0, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"bytes_per_elem must be a finite number > 0, got {value!r}")
+    return DTYPE_BYTES[check_one_of("dtype", dtype, DTYPE_BYTES)]
 
 
 def _whole_bytes(n_elements: int, bytes_per_elem: float) -> int:
@@ -50,37 +36,27 @@ def _whole_bytes(n_elements: int, bytes_per_elem: float) -> int:
     return math.ceil(n_elements * Fraction(bytes_per_elem))
 
 
-def kv_cache_bytes(
-    n_layer: int,
-    batch_size: int,
-    seq_len: int,
-    hidden_size: int,
-    bytes_per_elem: float = 2,
-    *,
-    n_head: int | None = None,
-    n_kv_head: int | None = None,
-) -> int:
+def kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, hidden_size: int, bytes_per_elem: float = 2, *,
+                   n_head: int | None = None, n_kv_head: int | None = None) -> int:
     """Bytes of a full KV cache: 2 · n_layer · batch_size · seq_len · hidden · bytes_per_elem.
 
-    Why this formula: the cache holds one tensor of shape
-    [n_layer, 2, batch_size, n_kv_head, seq_len, head_dim], where the 2 is one K and
-    one V per layer. Its element count is the product of that shape. In ordinary
+    Why this formula: the cache holds one tensor of shape [n_layer, 2, batch_size, n_kv_head, seq_len, head_dim],
+    where the 2 is one K and one V per layer. Its element count is the product of that shape. In ordinary
     multi-head attention every head has its own K and V, so n_kv_head = n_head and
     n_kv_head · head_dim = n_head · head_dim = hidden_size (= d_model).
 
-    Grouped-query attention (Ainslie et al. 2023) lets several query heads share
-    one K/V head, and multi-query attention (Shazeer 2019) is the case n_kv_head=1.
-    Then hidden = n_kv_head · head_dim with head_dim = hidden_size // n_head, and the
-    cache shrinks by exactly n_head / n_kv_head. Pass n_kv_head (with n_head) for that.
+    Grouped-query attention (Ainslie et al. 2023) lets several query heads share one K/V head, and multi-query
+    attention (Shazeer 2019) is the case n_kv_head=1. Then the cache shrinks by exactly n_head / n_kv_head, since
+    hidden = n_kv_head · head_dim with head_dim = hidden_size // n_head. Pass n_kv_head (with n_head) for that.
 
-    `bytes_per_elem` is a number such as `bytes_per_element("fp16")`; the result
-    is an exact int even for int4 (0.5 bytes), because of the leading factor 2.
+    `bytes_per_elem` is a number such as `bytes_per_element("fp16")`; the result is an exact int even for int4
+    (0.5 bytes), because of the leading factor 2.
     """
-    _check_int("n_layer", n_layer, 1)
-    _check_int("batch_size", batch_size, 0)
-    _check_int("seq_len", seq_len, 0)
-    _check_int("hidden_size", hidden_size, 1)
-    _check_bytes_per_elem(bytes_per_elem)
+    check_int("n_layer", n_layer, 1)
+    check_int("batch_size", batch_size, 0)
+    check_int("seq_len", seq_len, 0)
+    check_int("hidden_size", hidden_size, 1)
+    check_number("bytes_per_elem", bytes_per_elem, 0, inclusive=False)
     hidden = _kv_hidden(hidden_size, n_head, n_kv_head)
     return _whole_bytes(2 * n_layer * batch_size * seq_len * hidden, bytes_per_elem)
 
@@ -91,15 +67,18 @@ def _kv_hidden(hidden_size: int, n_head: int | None, n_kv_head: int | None) -> i
         if n_kv_head is not None:
             raise ValueError(f"n_kv_head={n_kv_head!r} needs n_head too, to get head_dim = hidden_size // n_head")
         return hidden_size
-    _check_int("n_head", n_head, 1)
+    check_int("n_head", n_head, 1)
     if hidden_size % n_head:
         raise ValueError(f"hidden_size must be divisible by n_head, got hidden_size={hidden_size}, n_head={n_head}")
     if n_kv_head is None:
         return hidden_size
-    _check_int("n_kv_head", n_kv_head, 1)
+    check_int("n_kv_head", n_kv_head, 1)
     if n_head % n_kv_head:
         raise ValueError(f"n_head must be divisible by n_kv_head, got n_head={n_head}, n_kv_head={n_kv_head}")
     return n_kv_head * (hidden_size // n_head)
+
+
+# --- chapter 04: published models ---
 
 
 @dataclass(frozen=True)
@@ -127,31 +106,19 @@ class ModelPreset:
 
     def kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_elem: float = 2) -> int:
         """Cache bytes for this model's shape; see the module-level `kv_cache_bytes`."""
-        return kv_cache_bytes(
-            self.n_layer, batch_size, seq_len, self.d_model, bytes_per_elem,
-            n_head=self.n_head, n_kv_head=self.n_kv_head,
-        )
+        return kv_cache_bytes(self.n_layer, batch_size, seq_len, self.d_model, bytes_per_elem, n_head=self.n_head,
+                              n_kv_head=self.n_kv_head)
 
     def weight_bytes(self, bytes_per_elem: float = 2) -> int:
         """Bytes of the weights alone, the memory a GPU spends before caching any token."""
-        _check_bytes_per_elem(bytes_per_elem)
+        check_number("bytes_per_elem", bytes_per_elem, 0, inclusive=False)
         return _whole_bytes(self.n_params, bytes_per_elem)
-
-
-def _check_preset(preset: object) -> None:
-    if not isinstance(preset, ModelPreset):
-        raise TypeError(f"preset must be a ModelPreset (see get_preset), got {preset!r} ({type(preset).__name__})")
-
-
-def kv_bytes_per_token(preset: ModelPreset, bytes_per_elem: float = 2) -> int:
-    """Cache bytes each token adds (batch 1, one position): the slope of memory vs. context."""
-    _check_preset(preset)
-    return preset.kv_cache_bytes(1, 1, bytes_per_elem)
 
 
 _GPT2 = "Radford et al. 2019 (GPT-2); Hugging Face gpt2 config.json"
 _LLAMA2 = "Touvron et al. 2023 (Llama 2); meta-llama config.json"
 _LLAMA3 = "Meta 2024 (Llama 3); meta-llama/Meta-Llama-3 config.json"
+
 
 # Fields in order: name, n_layer, d_model, n_head, n_kv_head, vocab_size, max_seq_len, n_params, source.
 # n_params: exact counts of the released weights where the architecture fixes them,
@@ -178,9 +145,10 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 
 def get_preset(name: str) -> ModelPreset:
     """Look a preset up by id, with an error that lists the ids that do exist."""
-    if name not in MODEL_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(MODEL_PRESETS)}")
-    return MODEL_PRESETS[name]
+    return MODEL_PRESETS[check_one_of("preset", name, MODEL_PRESETS)]
+
+
+# --- chapter 05: bytes in both units ---
 
 
 def _scaled(n_bytes: float, base: int, units: tuple[str, ...]) -> str:
@@ -199,12 +167,7 @@ def format_bytes(n_bytes: int) -> str:
     GPUs are sold in one unit and report memory in the other; showing both stops
     a 7% gap from looking like a bug.
     """
-    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, float)):
-        raise TypeError(f"n_bytes must be a number of bytes, got {n_bytes!r} ({type(n_bytes).__name__})")
-    if not n_bytes >= 0:  # also catches NaN
-        raise ValueError(f"n_bytes must be >= 0, got {n_bytes!r}")
-    if n_bytes == math.inf:  # (an int beyond float range raises OverflowError when scaled, which callers catch)
-        raise ValueError(f"n_bytes must be a finite number of bytes, got {n_bytes!r}")
+    check_number("n_bytes", n_bytes, 0)  # (an int beyond float range raises OverflowError, which callers catch)
     if n_bytes < 1024:
         return f"{n_bytes} B"
     binary = _scaled(n_bytes, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
@@ -212,28 +175,30 @@ def format_bytes(n_bytes: int) -> str:
     return f"{binary} ({decimal})"
 
 
-def max_tokens_that_fit(
-    preset: ModelPreset,
-    memory_bytes: int,
-    bytes_per_elem: float = 2,
-    weight_bytes: int | None = None,
-) -> int:
+# --- chapter 06: KV-cache memory ---
+
+
+def kv_bytes_per_token(preset: ModelPreset, bytes_per_elem: float = 2) -> int:
+    """Cache bytes each token adds (batch 1, one position): the slope of memory vs. context."""
+    check_type("preset", preset, ModelPreset, "a ModelPreset (see get_preset)")
+    return preset.kv_cache_bytes(1, 1, bytes_per_elem)
+
+
+def max_tokens_that_fit(preset: ModelPreset, memory_bytes: int, bytes_per_elem: float = 2,
+                        weight_bytes: int | None = None) -> int:
     """How many cached tokens (batch_size × seq_len, summed) fit beside the weights.
 
     An upper bound: real servers also need room for activations, the CUDA context
     and fragmentation. Returns 0 when the weights alone do not fit.
     `weight_bytes` defaults to the weights stored in the same dtype as the cache.
     """
-    _check_preset(preset)
-    _check_int("memory_bytes", memory_bytes, 0)
+    check_type("preset", preset, ModelPreset, "a ModelPreset (see get_preset)")
+    check_int("memory_bytes", memory_bytes, 0)
     if weight_bytes is None:
         weight_bytes = preset.weight_bytes(bytes_per_elem)
-    _check_int("weight_bytes", weight_bytes, 0)
+    check_int("weight_bytes", weight_bytes, 0)
     free = memory_bytes - weight_bytes
     return max(free, 0) // kv_bytes_per_token(preset, bytes_per_elem)
-
-
-# --- chapter 06: KV-cache memory ---
 
 
 def tokens_to_outgrow_weights(preset: ModelPreset, bytes_per_elem: float = 2, weight_bytes: int | None = None) -> int:
@@ -243,10 +208,10 @@ def tokens_to_outgrow_weights(preset: ModelPreset, bytes_per_elem: float = 2, we
     point; past it, a serving GPU spends more memory on remembered tokens than on the model itself.
     `weight_bytes` defaults to the weights stored in the same dtype as the cache.
     """
-    _check_preset(preset)
+    check_type("preset", preset, ModelPreset, "a ModelPreset (see get_preset)")
     if weight_bytes is None:
         weight_bytes = preset.weight_bytes(bytes_per_elem)
-    _check_int("weight_bytes", weight_bytes, 0)
+    check_int("weight_bytes", weight_bytes, 0)
     return weight_bytes // kv_bytes_per_token(preset, bytes_per_elem) + 1
 
 
@@ -316,62 +281,39 @@ class MemoryReport:
         return self.cache_bytes / self.free_bytes
 
 
-def _check_dtype_name(name: str, value: object) -> None:
-    if not isinstance(value, str) or value not in DTYPE_BYTES:
-        raise ValueError(f"{name} must be one of {', '.join(DTYPE_BYTES)}, got {value!r}")
-
-
-def memory_report(
-    n_layer: int,
-    d_model: int,
-    n_head: int | None,
-    n_kv_head: int | None,
-    batch_size: int,
-    seq_len: int,
-    dtype: str = "fp16",
-    *,
-    gpu_gib: float,
-    n_params: int,
-    weight_dtype: str | None = None,
-    name: str = "custom model",
-) -> MemoryReport:
+def memory_report(n_layer: int, d_model: int, n_head: int | None, n_kv_head: int | None, batch_size: int,
+                  seq_len: int, dtype: str = "fp16", *, gpu_gib: float, n_params: int, weight_dtype: str | None = None,
+                  name: str = "custom model") -> MemoryReport:
     """KV-cache bytes of a model shape and how they sit on a GPU of `gpu_gib` GiB next to the weights.
 
     The cache follows `kv_cache_bytes`; the weights are `n_params` numbers of `weight_dtype` (default: the
     cache's dtype). Invalid input raises ValueError/TypeError naming the value, as everywhere in this module.
     """
-    _check_dtype_name("dtype", dtype)
-    weight_dtype = dtype if weight_dtype is None else weight_dtype
-    _check_dtype_name("weight_dtype", weight_dtype)
-    _check_int("n_params", n_params, 0)
-    if isinstance(gpu_gib, bool) or not isinstance(gpu_gib, (int, float)):
-        raise TypeError(f"gpu_gib must be a number of GiB > 0, got {gpu_gib!r} ({type(gpu_gib).__name__})")
-    if not (gpu_gib > 0 and (isinstance(gpu_gib, int) or math.isfinite(gpu_gib))):
-        raise ValueError(f"gpu_gib must be a finite number > 0, got {gpu_gib!r}")
+    check_one_of("dtype", dtype, DTYPE_BYTES)
+    weight_dtype = check_one_of("weight_dtype", dtype if weight_dtype is None else weight_dtype, DTYPE_BYTES)
+    check_int("n_params", n_params, 0)
+    # an int of GiB stays exact at any size (float() would overflow past 1e308), so only its sign is checked
+    check_number("gpu_gib", min(gpu_gib, 1) if isinstance(gpu_gib, int) else gpu_gib, 0, inclusive=False)
     if gpu_gib * GIB < 1:  # rounds to 0 bytes, and every share of the GPU would divide by zero
         raise ValueError(f"gpu_gib must be at least one byte (1 / 2**30 GiB), got {gpu_gib!r}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r} ({type(name).__name__})")
+    check_type("name", name, str, "a str")
     width = bytes_per_element(dtype)
 
     def cache(batch: int, length: int) -> int:
         return kv_cache_bytes(n_layer, batch, length, d_model, width, n_head=n_head, n_kv_head=n_kv_head)
 
-    return MemoryReport(
-        name=name, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head, batch_size=batch_size,
-        seq_len=seq_len, dtype=dtype, weight_dtype=weight_dtype, n_params=n_params,
-        gpu_bytes=math.floor(Fraction(gpu_gib) * GIB), cache_bytes=cache(batch_size, seq_len),
-        bytes_per_token=cache(1, 1), weight_bytes=_whole_bytes(n_params, bytes_per_element(weight_dtype)),
-    )
+    return MemoryReport(name=name, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head,
+                        batch_size=batch_size, seq_len=seq_len, dtype=dtype, weight_dtype=weight_dtype,
+                        n_params=n_params, gpu_bytes=math.floor(Fraction(gpu_gib) * GIB),
+                        cache_bytes=cache(batch_size, seq_len), bytes_per_token=cache(1, 1),
+                        weight_bytes=_whole_bytes(n_params, bytes_per_element(weight_dtype)))
 
 
 def preset_report(preset: str | ModelPreset, batch_size: int, seq_len: int, dtype: str = "fp16", *,
                   gpu_gib: float, weight_dtype: str | None = None) -> MemoryReport:
     """`memory_report` for a published model, by preset id (e.g. "llama2-7b") or `ModelPreset`."""
-    if isinstance(preset, str):
-        preset = get_preset(preset)
-    if not isinstance(preset, ModelPreset):
-        raise TypeError(f"preset must be a preset id or a ModelPreset, got {preset!r} ({type(preset).__name__})")
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    check_type("preset", preset, ModelPreset, "a preset id or a ModelPreset")
     return memory_report(preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, batch_size, seq_len,
                          dtype, gpu_gib=gpu_gib, n_params=preset.n_params, weight_dtype=weight_dtype,
                          name=preset.name)
@@ -384,8 +326,7 @@ def bytes_line(n_bytes: int) -> str:
 
 def format_report(report: MemoryReport) -> str:
     """The report as the lines the CLI prints and the calculator shows (the first three match `kvlab memory`)."""
-    if not isinstance(report, MemoryReport):
-        raise TypeError(f"report must be a MemoryReport (see memory_report), got {type(report).__name__}")
+    check_type("report", report, MemoryReport, "a MemoryReport (see memory_report)")
     r = report
     shape = {"n_layer": r.n_layer, "d_model": r.d_model, "n_head": r.n_head, "n_kv_head": r.n_kv_head}
     shape_text = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
@@ -435,12 +376,11 @@ def quantized_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, n_kv_h
     for name, value, minimum in (("n_layer", n_layer, 1), ("batch_size", batch_size, 0), ("seq_len", seq_len, 0),
                                  ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
                                  ("group_size", group_size, 1), ("residual_length", residual_length, 0)):
-        _check_int(name, value, minimum)
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 8):
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+        check_int(name, value, minimum)
+    check_one_of("bits", check_int("bits", bits), (4, 8))
     if bits == 4 and head_dim % 2:
         raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {head_dim}")
-    _check_bytes_per_elem(float_bytes)
+    check_number("float_bytes", float_bytes, 0, inclusive=False)
     n_q = group_size * (max(seq_len - residual_length, 0) // group_size)
     n_r = seq_len - n_q
     codes = 2 * n_q * head_dim * bits // 8  # keys and values
@@ -472,21 +412,21 @@ class MLAShape:
                                   bytes_per_elem)
 
     def mha_kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_elem: float = 2) -> int:
-        """The same heads with an ordinary multi-head cache: 2 · n_layer · batch_size · seq_len · n_head · head_dim · bytes."""
+        """An ordinary multi-head cache of these heads: 2 · n_layer · batch · seq_len · n_head · head_dim · bytes."""
         return kv_cache_bytes(self.n_layer, batch_size, seq_len, self.n_head * self.head_dim, bytes_per_elem)
 
 
 def mla_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, kv_lora_rank: int, rope_head_dim: int,
                        bytes_per_elem: float = 2) -> int:
-    """Bytes of an MLA latent cache: n_layer · batch_size · seq_len · (kv_lora_rank + rope_head_dim) · bytes_per_elem.
+    """Bytes of an MLA latent cache: n_layer · batch_size · seq_len · (kv_lora_rank + rope_head_dim) · bytes.
 
     No factor 2 and no heads: one latent per token and layer stands for the keys and the values of all heads
     (DeepSeek-V2, Table 1: (d_c + d_h^R) · l numbers per token).
     """
     for name, value, minimum in (("n_layer", n_layer, 1), ("batch_size", batch_size, 0), ("seq_len", seq_len, 0),
                                  ("kv_lora_rank", kv_lora_rank, 1), ("rope_head_dim", rope_head_dim, 0)):
-        _check_int(name, value, minimum)
-    _check_bytes_per_elem(bytes_per_elem)
+        check_int(name, value, minimum)
+    check_number("bytes_per_elem", bytes_per_elem, 0, inclusive=False)
     return _whole_bytes(n_layer * batch_size * seq_len * (kv_lora_rank + rope_head_dim), bytes_per_elem)
 
 
@@ -498,18 +438,14 @@ DEEPSEEK_V2 = MLAShape("DeepSeek-V2", n_layer=60, n_head=128, head_dim=128, kv_l
 # --- chapter 09: serving many requests ---
 
 
-def _check_lengths(lengths: object) -> list[int]:
-    if not isinstance(lengths, (list, tuple)):
-        raise TypeError(f"lengths must be a list of token counts, got {lengths!r} ({type(lengths).__name__})")
-    for length in lengths:
-        _check_int("each length", length, 0)
-    return list(lengths)
+def _token_counts(lengths: object) -> list[int]:
+    return [check_int("each length", n, 0) for n in check_type("lengths", lengths, (list, tuple), "a list of lengths")]
 
 
 def blocks_needed(n_tokens: int, block_size: int) -> int:
     """Blocks of `block_size` tokens that hold `n_tokens` tokens: ceil(n_tokens / block_size)."""
-    _check_int("n_tokens", n_tokens, 0)
-    _check_int("block_size", block_size, 1)
+    check_int("n_tokens", n_tokens, 0)
+    check_int("block_size", block_size, 1)
     return -(-n_tokens // block_size)
 
 
@@ -519,8 +455,8 @@ def contiguous_reserved_tokens(lengths: list[int], max_len: int) -> int:
     A server that cannot grow a buffer in place must reserve, for every request, room for the longest answer it
     allows; a request of L tokens leaves max_len - L slots reserved but unused.
     """
-    lengths = _check_lengths(lengths)
-    _check_int("max_len", max_len, 1)
+    lengths = _token_counts(lengths)
+    check_int("max_len", max_len, 1)
     if lengths and max(lengths) > max_len:
         raise ValueError(f"a sequence of {max(lengths)} tokens does not fit max_len={max_len}")
     return len(lengths) * max_len
@@ -534,9 +470,9 @@ def paged_reserved_tokens(lengths: list[int], block_size: int, shared_prefix: in
     on, ceil(L / bs) - floor(P / bs) of them (a partly filled last prefix block is copied when the sequence first
     writes into it: copy-on-write). A sequence of exactly P tokens adds none.
     """
-    lengths = _check_lengths(lengths)
-    _check_int("block_size", block_size, 1)
-    _check_int("shared_prefix", shared_prefix, 0)
+    lengths = _token_counts(lengths)
+    check_int("block_size", block_size, 1)
+    check_int("shared_prefix", shared_prefix, 0)
     if shared_prefix and lengths and min(lengths) < shared_prefix:
         raise ValueError(f"every sequence must be at least shared_prefix={shared_prefix} tokens long, "
                          f"got one of {min(lengths)}")
@@ -547,24 +483,15 @@ def paged_reserved_tokens(lengths: list[int], block_size: int, shared_prefix: in
     return (blocks_needed(shared_prefix, block_size) + own) * block_size
 
 
-def kv_cache_bytes_per_device(
-    n_layer: int,
-    batch_size: int,
-    seq_len: int,
-    hidden_size: int,
-    bytes_per_elem: float = 2,
-    *,
-    n_head: int,
-    n_kv_head: int | None = None,
-    tp: int,
-) -> int:
+def kv_cache_bytes_per_device(n_layer: int, batch_size: int, seq_len: int, hidden_size: int,
+                              bytes_per_elem: float = 2, *, n_head: int, n_kv_head: int | None = None, tp: int) -> int:
     """KV-cache bytes on each of `tp` devices when tensor parallelism splits the attention heads among them.
 
     Megatron-style tensor parallelism (Shoeybi et al. 2019) gives each device n_kv_head / tp whole K/V heads, so
     each caches `kv_cache_bytes(...) / tp`. `tp` must divide n_kv_head (servers that go further replicate K/V
     heads, which this function does not model).
     """
-    _check_int("tp", tp, 1)
+    check_int("tp", tp, 1)
     heads = n_head if n_kv_head is None else n_kv_head
     total = kv_cache_bytes(n_layer, batch_size, seq_len, hidden_size, bytes_per_elem, n_head=n_head,
                            n_kv_head=n_kv_head)

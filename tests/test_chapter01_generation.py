@@ -67,11 +67,11 @@ def test_positions_processed_equal_what_generate_feeds_the_model(prompt_len, n_n
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(prompt_len=0, n_new=3), ValueError, "prompt_len must be an int >= 1, got 0"),
-    (dict(prompt_len=2, n_new=0), ValueError, "n_new must be an int >= 1, got 0"),
-    (dict(prompt_len=2.0, n_new=3), ValueError, "prompt_len must be an int >= 1, got 2.0"),
-    (dict(prompt_len=2, n_new=True), ValueError, "n_new must be an int >= 1, got True"),
-    (dict(prompt_len=2, n_new=3, use_cache="yes"), TypeError, "use_cache must be True or False, got 'yes'"),
+    (dict(prompt_len=0, n_new=3), ValueError, "prompt_len"),
+    (dict(prompt_len=2, n_new=0), ValueError, "n_new"),
+    (dict(prompt_len=2.0, n_new=3), TypeError, "prompt_len"),
+    (dict(prompt_len=2, n_new=True), TypeError, "n_new"),
+    (dict(prompt_len=2, n_new=3, use_cache="yes"), TypeError, "use_cache"),
 ])
 def test_positions_processed_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -108,7 +108,7 @@ def test_record_positions_agrees_with_positions_processed_on_the_hello_model(hel
 
 
 def test_record_positions_bad_input():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got function"):
+    with pytest.raises(TypeError, match="model"):
         with measure.record_positions(lambda idx: idx):
             pass
 
@@ -229,17 +229,17 @@ def test_time_generation_takes_the_median_of_each_step(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(model="gpt"), TypeError, "model must be a kvlab.TinyGPT, got str"),
-    (dict(prompt_len=0), ValueError, "prompt_len must be >= 1, got 0"),
-    (dict(prompt_len=1.5), TypeError, "prompt_len must be an int >= 1, got 1.5"),
-    (dict(n_new=0), ValueError, "n_new must be >= 1, got 0"),
-    (dict(repeats=0), ValueError, "repeats must be >= 1, got 0"),
-    (dict(warmup=-1), ValueError, "warmup must be >= 0, got -1"),
-    (dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
-    (dict(use_cache=1), TypeError, "use_cache must be True or False, got 1"),
+    (dict(model="gpt"), TypeError, "model"),
+    (dict(prompt_len=0), ValueError, "prompt_len"),
+    (dict(prompt_len=1.5), TypeError, "prompt_len"),
+    (dict(n_new=0), ValueError, "n_new"),
+    (dict(repeats=0), ValueError, "repeats"),
+    (dict(warmup=-1), ValueError, "warmup"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(use_cache=1), TypeError, "use_cache"),
     (dict(n_new=60), ValueError, "prompt_len \\(5\\) \\+ n_new \\(60\\) = 65 exceeds max_seq_len=64"),
-    (dict(num_threads=0), ValueError, "num_threads must be >= 1, got 0"),
-    (dict(num_threads="2"), TypeError, "num_threads must be an int >= 1, got '2'"),
+    (dict(num_threads=0), ValueError, "num_threads"),
+    (dict(num_threads="2"), TypeError, "num_threads"),
 ])
 def test_time_generation_bad_input(kwargs, error, message):
     arguments = dict(model=random_model(), prompt_len=5, n_new=3) | kwargs
@@ -277,7 +277,7 @@ def test_cumulative_tokens_per_s_last_value_is_the_runs_throughput():
 
 
 def test_cumulative_tokens_per_s_bad_input():
-    with pytest.raises(TypeError, match="stats must be a kvlab.GenerationStats, got dict"):
+    with pytest.raises(TypeError, match="stats"):
         measure.cumulative_tokens_per_s({"prefill_s": 1.0})
 
 

@@ -193,7 +193,7 @@ def test_copy_counter_counts_copies_and_ignores_views():
 
 
 def test_count_copied_bytes_rejects_a_non_callable():
-    with pytest.raises(TypeError, match="fn must be a callable taking no arguments, got int"):
+    with pytest.raises(TypeError, match="fn"):
         measure.count_copied_bytes(3)
 
 
@@ -265,14 +265,14 @@ def test_static_reorder_copies_two_whole_buffers(hello):
 
 
 def test_copy_counting_cache_and_formulas_reject_bad_input():
-    with pytest.raises(TypeError, match="cache must be a kvlab.Cache, got dict"):
+    with pytest.raises(TypeError, match="cache"):
         measure.CopyCountingCache({})
     config = random_model().config
-    with pytest.raises(ValueError, match="strategy must be 'dynamic' or 'static', got 'paged'"):
+    with pytest.raises(ValueError, match="strategy"):
         measure.expected_copied_bytes("paged", config, batch_size=1, prompt_len=1, new_tokens=1)
     for name in ("batch_size", "prompt_len", "new_tokens"):
         arguments = dict(batch_size=1, prompt_len=1, new_tokens=1) | {name: 0}
-        with pytest.raises(ValueError, match=f"{name} must be an int >= 1, got 0"):
+        with pytest.raises(ValueError, match=name):
             measure.expected_copied_bytes("static", config, **arguments)
 
 

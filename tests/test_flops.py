@@ -48,15 +48,16 @@ def test_breakdown_scaling_per_decode_step():
     assert decode_step_flops(config, 20, use_cache=False) == forward_flops(config, 20)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda c: forward_flops(c, 0), "n_new must be an int >= 1, got 0"),
-    (lambda c: forward_flops(c, 1, -1), "n_past must be an int >= 0, got -1"),
-    (lambda c: decode_step_flops(c, 0), "t must be an int >= 1, got 0"),
-    (lambda c: generation_flops(c, 0, 3), "prompt_len must be an int >= 1, got 0"),
-    (lambda c: generation_flops(c, 2, 1.5), "n_new must be an int >= 1, got 1.5"),
+@pytest.mark.parametrize("call, error, message", [
+    (lambda c: forward_flops(c, 0), ValueError, "n_new"),
+    (lambda c: forward_flops(c, 1, -1), ValueError, "n_past"),
+    (lambda c: decode_step_flops(c, 0), ValueError, "t must"),
+    (lambda c: generation_flops(c, 0, 3), ValueError, "prompt_len"),
+    (lambda c: generation_flops(c, 2, 1.5), TypeError, "n_new"),
+    (lambda c: forward_flops(c, True), TypeError, "n_new"),  # the same mistake as kv_cache_bytes(n_layer=True)
 ])
-def test_bad_counts_raise(call, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_counts_raise(call, error, message):
+    with pytest.raises(error, match=message):
         call(kvlab.GPTConfig(vocab_size=10, n_head=2, d_model=8))
 
 
@@ -68,7 +69,7 @@ def test_bad_counts_raise(call, message):
     lambda c: flops.decode_step_flops(c, 5, use_cache=1),
 ])
 def test_use_cache_must_be_a_bool_everywhere(call):
-    with pytest.raises(TypeError, match="use_cache must be True or False"):
+    with pytest.raises(TypeError, match="use_cache"):
         call(kvlab.GPTConfig())
 
 
@@ -82,5 +83,5 @@ def test_shapes_that_do_not_divide_are_errors_not_rounded(fn):
     more_kv_heads = ModelPreset("y", 2, 96, 12, 24, 10, 10, 10, "")
     with pytest.raises(ValueError, match=r"config.n_head \(12\) must be divisible by config.n_kv_head \(24\)"):
         fn(more_kv_heads)
-    with pytest.raises(TypeError, match="config must have .* str lacks"):
+    with pytest.raises(TypeError, match="config"):
         fn("gpt2-small")

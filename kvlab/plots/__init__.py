@@ -15,7 +15,6 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     serving      chapter 09   the waste of paged and contiguous caches
 """
 
-from .._plot_benchmark import plot_benchmark  # noqa: F401  until merge: plot_benchmark moves to kvlab.bench (suite helper)
 from .attention import plot_attention_weights, plot_cache_step
 from .cache import copied_bytes_vs_length
 from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quality_vs_budget
