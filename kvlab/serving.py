@@ -114,7 +114,7 @@ class HeadSplitCache(Cache):
         self.shards = [make_shard(shard_config) for _ in range(tp)]  # shard g plays device g
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if key.dim() != 4 or key.shape[1] != self.n_kv_head:  # per step: a wrong count would leave shards unfed
+        if key.dim() != 4 or key.shape[1] != self.n_kv_head:
             raise ValueError(f"key shape {tuple(key.shape)} does not fit: (B, H_kv, T, D) needs H_kv={self.n_kv_head}")
         heads = self.n_kv_head // self.tp
         parts = [shard.update(k, v, layer_idx)
