@@ -6,66 +6,103 @@ values of the new tokens and hands back *all* the keys and values that attention
 Hugging Face's ``transformers.cache_utils`` so that what learners build here is what they meet there.
 
 Tensors have the shape ``(B, H_kv, T, D)``: batch, key/value heads, sequence positions, head dimension.
+
+`update` runs once per layer per decode step, so it checks only what protects the cache's memory: the layer index,
+and that the new keys and values fit what is stored (batch, heads, head size, dtype). Everything else about them is
+checked once, when a layer receives its first tokens. Every cache in kvlab uses the helpers below, so the same
+mistake raises the same error whatever the cache.
 """
 
 from __future__ import annotations
 
+import abc
+
 import torch
+
+from .checks import check_int, check_tensor
 
 __all__ = ["Cache", "DynamicCache", "StaticCache"]
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # the dtypes K/V can be stored in
 
-class Cache:
-    """What every KV cache can do. Subclasses implement the storage; the model only calls `update`."""
+
+class Cache(abc.ABC):
+    """What every KV cache can do. Subclasses implement the storage; the model only calls `update`.
+
+    An abstract base class: a subclass that leaves out one of the abstract methods cannot be built, so the mistake
+    shows when the cache is created, not in the middle of a generation.
+    """
 
     token_ids: torch.Tensor | None = None  # the ids `generate` fed it, so a later call can check it continues them
 
+    @abc.abstractmethod
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new tokens' `key`/`value` (B, H_kv, T_new, D) for `layer_idx`; return all keys/values to attend to."""
-        raise NotImplementedError
+        """Store the new tokens' K/V (B, H_kv, T_new, D) for `layer_idx`; return all keys/values to attend to."""
 
+    @abc.abstractmethod
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """How many tokens this layer has seen; the next token goes at this position."""
-        raise NotImplementedError
 
     def get_max_cache_shape(self) -> int | None:
         """The most tokens the cache can hold, or None when it grows without bound."""
         return None
 
+    @abc.abstractmethod
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         """Reorder the batch rows (beam search keeps the best beams and drops the rest)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget every token, so the cache can serve a new prompt."""
-        raise NotImplementedError
 
     @property
+    @abc.abstractmethod
     def nbytes(self) -> int:
         """Bytes of K/V tensors this cache holds in memory right now."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _check_layer(layer_idx: int, n_layer: int | None = None) -> None:
-        if not isinstance(layer_idx, int) or layer_idx < 0 or (n_layer is not None and layer_idx >= n_layer):
-            allowed = f"0..{n_layer - 1}" if n_layer is not None else "an int >= 0"
-            raise ValueError(f"layer_idx must be {allowed}, got {layer_idx!r}")
 
 
-def _check_fits(key: torch.Tensor, stored: torch.Tensor) -> None:
-    """New keys must match the stored ones in batch, heads and head size; only the token axis may differ."""
-    if key.shape[0] != stored.shape[0] or key.shape[1] != stored.shape[1] or key.shape[3] != stored.shape[3]:
-        raise ValueError(f"key shape {tuple(key.shape)} does not fit the cache's (B, H_kv, T, D) = "
-                         f"{tuple(stored.shape)}")
+# --- the checks every cache makes (see the module docstring: cheap per step, thorough once) ---
+
+
+def _check_layer(layer_idx: int, n_layer: int) -> int:
+    """`layer_idx` in 0..n_layer-1. Per step: a type test and a comparison; the checks module explains a failure."""
+    if type(layer_idx) is int and 0 <= layer_idx < n_layer:
+        return layer_idx
+    return check_int("layer_idx", layer_idx, 0, n_layer - 1)
+
+
+def _check_new_kv(key: torch.Tensor, value: torch.Tensor) -> None:
+    """Once, on a layer's first tokens: `key` and `value` are floating-point (B, H_kv, T_new >= 1, D) tensors alike."""
+    for name, t in (("key", key), ("value", value)):
+        check_tensor(name, t, dim=4, dtypes=_FLOATS, what="a (B, H_kv, T, D) tensor")
+    if key.shape != value.shape or key.dtype != value.dtype or key.shape[2] == 0:
+        raise ValueError(f"key and value must be (B, H_kv, T_new >= 1, D) tensors of one shape and dtype, got "
+                         f"{tuple(key.shape)} {key.dtype} and {tuple(value.shape)} {value.dtype}")
+
+
+def _check_fits(key: torch.Tensor, value: torch.Tensor, held: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Per step: new K/V must match the (B, H_kv, ·, D) shape `held` and the dtype of what the cache stores.
+
+    A misfit could otherwise be broadcast into the stored rows or land in the wrong slots, so this one check stays in
+    the decode loop; its fast path is a few comparisons of shapes.
+    """
+    if (key.shape[:2] == held[:2] and key.shape[3:] == held[3:] and value.shape == key.shape
+            and key.dtype == dtype and value.dtype == dtype):
+        return
+    _check_new_kv(key, value)  # names a non-tensor, a wrong number of dims, or key and value that differ
+    if key.dtype != dtype:
+        raise TypeError(f"key dtype {key.dtype} does not match the cache's dtype {dtype}")
+    shown = f"({held[0]}, {held[1]}, T, {held[3]})"
+    raise ValueError(f"key shape {tuple(key.shape)} does not fit the cache's (B, H_kv, T, D) = {shown}")
 
 
 def _check_beam_idx(beam_idx: object, batch_size: int | None, fixed: bool = False) -> None:
-    """`reorder_cache`'s argument: row i of the new cache is row beam_idx[i] of the old one (`fixed`: same count)."""
-    if not isinstance(beam_idx, torch.Tensor) or beam_idx.dim() != 1 or beam_idx.dtype not in (torch.int64,
-                                                                                               torch.int32):
-        is_tensor = isinstance(beam_idx, torch.Tensor)
-        shown = f"{beam_idx.dim()}-D {beam_idx.dtype}" if is_tensor else type(beam_idx).__name__
-        raise TypeError(f"beam_idx must be a 1-D tensor of row indices (torch.long), got {shown}")
+    """`reorder_cache`'s argument: row i of the new cache is row beam_idx[i] of the old one (`fixed`: same count).
+
+    Checked on every call, values included: an index out of range would copy another row's K/V (a negative one
+    counts from the end) or, on a GPU, stop the device.
+    """
+    check_tensor("beam_idx", beam_idx, dim=1, dtypes=(torch.int64, torch.int32), what="a 1-D tensor of row indices")
     if batch_size is None:  # nothing stored yet
         return
     if fixed and beam_idx.numel() != batch_size:
@@ -73,6 +110,9 @@ def _check_beam_idx(beam_idx: object, batch_size: int | None, fixed: bool = Fals
                          f"got {beam_idx.numel()} indices")
     if beam_idx.numel() and not (0 <= int(beam_idx.min()) and int(beam_idx.max()) < batch_size):
         raise ValueError(f"beam_idx must hold rows 0..{batch_size - 1}, got {beam_idx.tolist()}")
+
+
+# --- the strategies ---
 
 
 class DynamicCache(Cache):
@@ -87,12 +127,13 @@ class DynamicCache(Cache):
         self.values: list[torch.Tensor] = []
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_layer(layer_idx, len(self.keys) + 1)
+        layer_idx = _check_layer(layer_idx, len(self.keys) + 1)  # layers arrive in order: 0, 1, ... at first
         if layer_idx == len(self.keys):  # first tokens for this layer
+            _check_new_kv(key, value)
             self.keys.append(key)
             self.values.append(value)
         else:
-            _check_fits(key, self.keys[layer_idx])  # same batch, heads and head size as what is stored
+            _check_fits(key, value, self.keys[layer_idx].shape, self.keys[layer_idx].dtype)
             self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key], dim=-2)  # <- the copy
             self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=-2)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -125,9 +166,8 @@ class StaticCache(Cache):
 
     def __init__(self, config, batch_size: int, max_cache_len: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        for name, value in (("batch_size", batch_size), ("max_cache_len", max_cache_len)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        batch_size = check_int("batch_size", batch_size, 1)
+        max_cache_len = check_int("max_cache_len", max_cache_len, 1)
         shape = (batch_size, config.n_kv_head, max_cache_len, config.head_dim)  # (B, H_kv, T_max, D)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
@@ -135,13 +175,13 @@ class StaticCache(Cache):
         self.max_cache_len = max_cache_len
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_layer(layer_idx, len(self.keys))
+        layer_idx = _check_layer(layer_idx, len(self.keys))
         buffer = self.keys[layer_idx]
-        if key.dtype != buffer.dtype:
-            raise TypeError(f"key dtype {key.dtype} does not match the cache's dtype {buffer.dtype}")
-        _check_fits(key, buffer)
+        if self.lengths[layer_idx] == 0:  # a layer's first tokens: checked whole, once
+            _check_new_kv(key, value)
+        _check_fits(key, value, buffer.shape, buffer.dtype)
         start, end = self.lengths[layer_idx], self.lengths[layer_idx] + key.shape[-2]
-        if end > self.max_cache_len:
+        if end > self.max_cache_len:  # the capacity: checked on every step, it is what keeps writes in the buffer
             raise ValueError(f"StaticCache overflow: {end} tokens do not fit max_cache_len={self.max_cache_len}; "
                              f"allocate a larger cache")
         buffer[:, :, start:end] = key  # written in place: no copy of the past

@@ -23,12 +23,14 @@ cache reads the queries it needs through forward hooks (`HeavyHitterCache.attach
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
 import torch
 
-from .cache import Cache, _check_beam_idx
+from .cache import Cache, _check_beam_idx, _check_fits, _check_layer, _check_new_kv
+from .checks import check_int, check_one_of, check_tensor, check_type
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "QuantizedCache", "EvictionCache", "SlidingWindowCache",
            "SinkCache", "HeavyHitterCache", "received_attention"]
@@ -36,16 +38,8 @@ __all__ = ["QuantizedTensor", "quantize", "dequantize", "QuantizedCache", "Evict
 BITS = (4, 8)  # the integer widths `quantize` packs into bytes
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-
-
-def _check_bits(bits: object) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in BITS:
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+def _check_bits(bits: object) -> int:
+    return check_one_of("bits", check_int("bits", bits), BITS)
 
 
 # --- quantisation: x ≈ code · scale + zero ---
@@ -88,11 +82,9 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> QuantizedTensor:
     scale in each channel, because a few channels of the keys hold much larger numbers than the rest), values *per
     token* (``dim=-1``: the channels of one token share a scale).
     """
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    _check_bits(bits)
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
-        raise ValueError(f"dim must be an int in {-x.dim()}..{x.dim() - 1} for a {x.dim()}-D tensor, got {dim!r}")
+    if not check_tensor("x", x, what="a floating-point tensor").is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    bits, dim = _check_bits(bits), check_int("dim", dim, -x.dim(), x.dim() - 1)
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty tensor (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
@@ -112,49 +104,17 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> QuantizedTensor:
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Back to floats: ``code · scale + zero``, in the dtype of the scale."""
-    if not isinstance(q, QuantizedTensor):
-        raise TypeError(f"q must be a QuantizedTensor (from quantize), got {type(q).__name__}")
+    check_type("q", q, QuantizedTensor, "a QuantizedTensor (from quantize)")
     codes = q.codes
     if q.bits == 4:
         codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).flatten(-2)  # unpack: low nibble first
     return codes.to(q.scale.dtype) * q.scale + q.zero
 
 
-# --- what every lossy cache checks ---
-
-
-class _CheckedCache(Cache):
-    """Input checks shared by the caches of this module: clear errors instead of shape errors deep inside torch."""
-
-    def _check_update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, n_layers_so_far: int) -> None:
-        self._check_layer(layer_idx, n_layers_so_far + 1)  # layers arrive in order: 0, 1, ... on the first call
-        for name, t in (("key", key), ("value", value)):
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() != 4:
-                raise TypeError(f"{name} must be a floating-point tensor of shape (B, H_kv, T, D), got "
-                                f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
-        if key.shape != value.shape:
-            raise ValueError(f"key and value must have the same shape, got {tuple(key.shape)} and {tuple(value.shape)}")
-        if key.shape[-2] == 0:
-            raise ValueError(f"update needs at least one new token, got shape {tuple(key.shape)}")
-        if key.dtype != value.dtype:
-            raise TypeError(f"key and value must have the same dtype, got {key.dtype} and {value.dtype}")
-        if layer_idx < n_layers_so_far:
-            held = self._held(layer_idx)
-            if (key.shape[0], key.shape[1], key.shape[3]) != (held.shape[0], held.shape[1], held.shape[3]):
-                raise ValueError(f"key shape {tuple(key.shape)} does not fit the (B, H_kv, T, D) = "
-                                 f"{tuple(held.shape)} this cache holds for layer {layer_idx}")
-            if key.dtype != held.dtype:
-                raise TypeError(f"key dtype {key.dtype} does not match the cache's dtype {held.dtype}")
-
-    def _held(self, layer_idx: int) -> torch.Tensor:
-        """A tensor this cache holds for `layer_idx`, whose batch, heads, head_dim and dtype new tokens must match."""
-        raise NotImplementedError
-
-
 # --- quantised storage ---
 
 
-class QuantizedCache(_CheckedCache):
+class QuantizedCache(Cache):
     """Keys and values stored as `bits`-bit integers (4 or 8), KIVI-style, with the newest tokens in full precision.
 
     New tokens first go to a full-precision buffer. Whenever it holds ``residual_length + group_size`` tokens, its
@@ -173,23 +133,24 @@ class QuantizedCache(_CheckedCache):
     """
 
     def __init__(self, bits: int = 8, group_size: int = 16, residual_length: int = 16) -> None:
-        _check_bits(bits)
-        _check_int("group_size", group_size, 1)
-        _check_int("residual_length", residual_length, 0)
+        bits, group_size = _check_bits(bits), check_int("group_size", group_size, 1)
+        residual_length = check_int("residual_length", residual_length, 0)
         self.bits, self.group_size, self.residual_length = bits, group_size, residual_length
         self.groups: list[list[tuple[QuantizedTensor, QuantizedTensor]]] = []  # per layer: (keys, values) groups
         self.recent_keys: list[torch.Tensor] = []  # per layer: (B, H_kv, n_r, D) in full precision
         self.recent_values: list[torch.Tensor] = []
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_update(key, value, layer_idx, len(self.recent_keys))
-        if self.bits == 4 and key.shape[-1] % 2:
-            raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {key.shape[-1]}")
-        if layer_idx == len(self.recent_keys):
+        layer_idx = _check_layer(layer_idx, len(self.recent_keys) + 1)  # layers arrive in order: 0, 1, ... at first
+        if layer_idx == len(self.recent_keys):  # a layer's first tokens: checked whole, once
+            _check_new_kv(key, value)
+            if self.bits == 4 and key.shape[-1] % 2:
+                raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {key.shape[-1]}")
             self.groups.append([])
             self.recent_keys.append(key.clone())  # a copy of its own: `key` is a view into the model's qkv output
             self.recent_values.append(value.clone())
         else:
+            _check_fits(key, value, self.recent_keys[layer_idx].shape, self.recent_keys[layer_idx].dtype)
             self.recent_keys[layer_idx] = torch.cat([self.recent_keys[layer_idx], key], dim=-2)
             self.recent_values[layer_idx] = torch.cat([self.recent_values[layer_idx], value], dim=-2)
         G = self.group_size
@@ -201,9 +162,6 @@ class QuantizedCache(_CheckedCache):
         keys = [dequantize(k) for k, _ in self.groups[layer_idx]] + [self.recent_keys[layer_idx]]
         values = [dequantize(v) for _, v in self.groups[layer_idx]] + [self.recent_values[layer_idx]]
         return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)  # old (dequantised) first, the new tokens last
-
-    def _held(self, layer_idx: int) -> torch.Tensor:
-        return self.recent_keys[layer_idx]
 
     def n_quantized(self, layer_idx: int = 0) -> int:
         """Tokens of `layer_idx` stored as integers (the rest are in full precision)."""
@@ -234,7 +192,7 @@ class QuantizedCache(_CheckedCache):
 # --- eviction: hold at most `budget` tokens ---
 
 
-class EvictionCache(_CheckedCache):
+class EvictionCache(Cache):
     """Holds at most `budget` tokens per layer; a subclass decides which ones (`_keep`).
 
     `update` appends the new tokens to the ones held, returns all of them (so the new tokens are attended to, and are
@@ -250,15 +208,18 @@ class EvictionCache(_CheckedCache):
     """
 
     def __init__(self, budget: int) -> None:
-        _check_int("budget", budget, 1)
-        self.budget = budget
+        self.budget = check_int("budget", budget, 1)
         self.keys: list[torch.Tensor] = []  # per layer: (B, H_kv, T_held, D), T_held <= budget between calls
         self.values: list[torch.Tensor] = []
         self.positions: list[torch.Tensor] = []  # per layer: (B, H_kv, T_held) int64, position in the text
         self.seen: list[int] = []  # per layer: tokens seen so far (the next token's position)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_update(key, value, layer_idx, len(self.keys))
+        layer_idx = _check_layer(layer_idx, len(self.keys) + 1)  # layers arrive in order: 0, 1, ... at first
+        if layer_idx == len(self.keys):  # a layer's first tokens: checked whole, once
+            _check_new_kv(key, value)
+        else:
+            _check_fits(key, value, self.keys[layer_idx].shape, self.keys[layer_idx].dtype)
         B, H, T_new, _ = key.shape
         start = self.seen[layer_idx] if layer_idx < len(self.seen) else 0
         new_positions = torch.arange(start, start + T_new, device=key.device).expand(B, H, T_new)
@@ -281,9 +242,9 @@ class EvictionCache(_CheckedCache):
     def _observe(self, layer_idx: int, keys: torch.Tensor, n_new: int) -> None:
         """Called with every key attention sees in this call, before eviction (the heavy-hitter cache scores here)."""
 
+    @abc.abstractmethod
     def _keep(self, layer_idx: int) -> torch.Tensor:
         """Indices (B, H_kv, budget) into the token axis of the tokens to keep, ascending. Subclasses decide."""
-        raise NotImplementedError
 
     def _evict(self, layer_idx: int, keep: torch.Tensor) -> None:
         """Keep only the tokens at `keep`; `gather` copies them, so nothing of the evicted tokens stays allocated."""
@@ -291,9 +252,6 @@ class EvictionCache(_CheckedCache):
         self.keys[layer_idx] = self.keys[layer_idx].gather(2, index)
         self.values[layer_idx] = self.values[layer_idx].gather(2, index)
         self.positions[layer_idx] = self.positions[layer_idx].gather(2, keep)
-
-    def _held(self, layer_idx: int) -> torch.Tensor:
-        return self.keys[layer_idx]
 
     def kept_positions(self, layer_idx: int = 0, batch: int = 0, head: int = 0) -> list[int]:
         """Where in the text the tokens held for one layer, batch row and K/V head stood."""
@@ -329,8 +287,7 @@ class SlidingWindowCache(EvictionCache):
     """Holds the last `window` tokens: memory stops growing, and the beginning of the text is forgotten."""
 
     def __init__(self, window: int) -> None:
-        _check_int("window", window, 1)
-        super().__init__(window)
+        super().__init__(check_int("window", window, 1))
         self.window = window
 
     def _keep(self, layer_idx: int) -> torch.Tensor:
@@ -350,12 +307,11 @@ class SinkCache(EvictionCache):
     """
 
     def __init__(self, window: int, n_sink: int = 4) -> None:
-        _check_int("window", window, 1)
-        _check_int("n_sink", n_sink, 0)
+        super().__init__(check_int("window", window, 1))
+        n_sink = check_int("n_sink", n_sink, 0)
         if n_sink >= window:
             raise ValueError(f"n_sink must be smaller than window (room must be left for recent tokens), "
                              f"got n_sink={n_sink}, window={window}")
-        super().__init__(window)
         self.window, self.n_sink = window, n_sink
 
     def _keep(self, layer_idx: int) -> torch.Tensor:
@@ -381,12 +337,10 @@ class HeavyHitterCache(EvictionCache):
     """
 
     def __init__(self, budget: int, n_recent: int | None = None) -> None:
-        _check_int("budget", budget, 1)
-        n_recent = budget // 2 if n_recent is None else n_recent  # H2O's default: half heavy hitters, half recent
-        _check_int("n_recent", n_recent, 0)
-        if n_recent > budget:
-            raise ValueError(f"n_recent must be at most budget, got n_recent={n_recent}, budget={budget}")
         super().__init__(budget)
+        n_recent = budget // 2 if n_recent is None else n_recent  # H2O's default: half heavy hitters, half recent
+        if check_int("n_recent", n_recent, 0) > budget:
+            raise ValueError(f"n_recent must be at most budget, got n_recent={n_recent}, budget={budget}")
         self.n_recent = n_recent
         self.scores: list[torch.Tensor] = []  # per layer: (B, H_kv, T_held) attention received so far
         self._queries: dict[int, torch.Tensor] = {}  # layer -> (B, H, T_new, D), written by the hooks
@@ -414,19 +368,18 @@ class HeavyHitterCache(EvictionCache):
         def hook(module, inputs, qkv):  # qkv: (B, T, d_model + 2·kv_dim), the projection's output
             B, T, _ = qkv.shape
             q = qkv[..., :attn.split_sizes[0]].view(B, T, attn.n_head, attn.head_dim)
-            self.record_queries(q.transpose(1, 2), attn.layer_idx)  # (B, H, T, D)
+            self._queries[attn.layer_idx] = q.transpose(1, 2)  # (B, H, T, D): the model's own, so no checks
         return hook
 
     def record_queries(self, q: torch.Tensor, layer_idx: int) -> None:
         """Hand the cache the queries (B, H, T_new, D) of the tokens the next ``update(..., layer_idx)`` brings.
 
-        The hooks of `attach` call this; call it yourself to drive the cache without a model.
+        The hooks of `attach` hand the model's queries over directly; call this to drive the cache without a model
+        (it checks what you pass, once, as any public function does).
         """
-        if not isinstance(q, torch.Tensor) or not q.is_floating_point() or q.dim() != 4:
-            raise TypeError(f"q must be a floating-point tensor of shape (B, H, T_new, D), got "
-                            f"{getattr(q, 'dtype', type(q).__name__)} {tuple(getattr(q, 'shape', ()))}")
-        self._check_layer(layer_idx)
-        self._queries[layer_idx] = q
+        if not check_tensor("q", q, dim=4, what="a (B, H, T_new, D) tensor").is_floating_point():
+            raise TypeError(f"q must be a floating-point tensor, got {q.dtype}")
+        self._queries[check_int("layer_idx", layer_idx, 0)] = q
 
     def detach(self) -> None:
         """Remove the hooks; the cache keeps its tokens and scores."""
@@ -447,10 +400,11 @@ class HeavyHitterCache(EvictionCache):
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the queries first, so that a failed call stores nothing (a retry must not see its tokens twice)."""
         q = self._queries.get(layer_idx)
-        if q is None:
-            raise RuntimeError("HeavyHitterCache needs the queries to score tokens: run the model inside "
-                               "`with cache.attach(model):`")
-        if q.shape[0] != key.shape[0] or q.shape[2] != key.shape[2] or q.shape[3] != key.shape[3]:
+        if q is None or q.shape[0] != key.shape[0] or q.shape[2:] != key.shape[2:]:
+            _check_layer(layer_idx, len(self.keys) + 1)  # a bad index gets the error every cache gives it
+            if q is None:
+                raise RuntimeError("HeavyHitterCache needs the queries to score tokens: run the model inside "
+                                   "`with cache.attach(model):`")
             raise RuntimeError(f"queries {tuple(q.shape)} do not belong to this update (keys {tuple(key.shape)}): "
                                "is the model attached to this cache running with another one?")
         return super().update(key, value, layer_idx)

@@ -25,14 +25,10 @@ from collections import Counter
 
 import torch
 
-from .cache import Cache, _check_beam_idx
+from .cache import Cache, _check_beam_idx, _check_fits, _check_layer, _check_new_kv
+from .checks import check_int, check_type
 
 __all__ = ["BlockPool", "PagedCache"]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class BlockPool:
@@ -44,8 +40,7 @@ class BlockPool:
 
     def __init__(self, config, n_blocks: int, block_size: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None) -> None:
-        _check_positive_int("n_blocks", n_blocks)
-        _check_positive_int("block_size", block_size)
+        n_blocks, block_size = check_int("n_blocks", n_blocks, 1), check_int("block_size", block_size, 1)
         self.n_blocks, self.block_size = n_blocks, block_size
         self.n_layer, self.n_kv_head, self.head_dim = config.n_layer, config.n_kv_head, config.head_dim
         shape = (n_blocks, config.n_kv_head, block_size, config.head_dim)  # (N, H_kv, block_size, D)
@@ -118,15 +113,16 @@ class PagedCache(Cache):
     """
 
     def __init__(self, pool: BlockPool) -> None:
-        if not isinstance(pool, BlockPool):
-            raise TypeError(f"pool must be a BlockPool, got {type(pool).__name__}")
-        self.pool = pool
+        self.pool = check_type("pool", pool, BlockPool, "a BlockPool")
         self.block_tables: list[list[int]] = []  # one per batch row: logical block i -> physical block id
         self.lengths = [0] * pool.n_layer  # tokens written so far, per layer
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_layer(layer_idx, self.pool.n_layer)
-        self._check_new_tokens(key)
+        layer_idx = _check_layer(layer_idx, self.pool.n_layer)
+        if self.lengths[layer_idx] == 0:  # a layer's first tokens: checked whole, once
+            _check_new_kv(key, value)
+        k_pool, v_pool = self.pool.keys[layer_idx], self.pool.values[layer_idx]  # (n_blocks, H_kv, block_size, D)
+        _check_fits(key, value, (len(self.block_tables) or key.shape[0], *k_pool.shape[1:]), k_pool.dtype)  # B rows
         if not self.block_tables:  # the first tokens: one (empty) block table per batch row
             self.block_tables = [[] for _ in range(key.shape[0])]
         start, end = self.lengths[layer_idx], self.lengths[layer_idx] + key.shape[-2]
@@ -134,7 +130,6 @@ class PagedCache(Cache):
         table = torch.tensor(self.block_tables, device=key.device)  # (B, blocks per row)
         positions = torch.arange(start, end, device=key.device)
         blocks, offsets = table[:, positions // self.pool.block_size], positions % self.pool.block_size  # (B, T), (T,)
-        k_pool, v_pool = self.pool.keys[layer_idx], self.pool.values[layer_idx]
         k_pool[blocks, :, offsets] = key.transpose(1, 2)  # each new token into its slot: (B, T, H_kv, D)
         v_pool[blocks, :, offsets] = value.transpose(1, 2)
         self.lengths[layer_idx] = end
@@ -165,17 +160,6 @@ class PagedCache(Cache):
                 if self.pool.ref_counts[table[i]] > 1:  # shared: copy before writing
                     table[i] = self.pool.copy_on_write(table[i])
             table.extend(self.pool.allocate(max(needed - len(table), 0)))
-
-    def _check_new_tokens(self, key: torch.Tensor) -> None:
-        pool = self.pool.keys[0]
-        if key.dtype != pool.dtype:
-            raise TypeError(f"key dtype {key.dtype} does not match the pool's dtype {pool.dtype}")
-        if key.dim() != 4 or key.shape[1] != pool.shape[1] or key.shape[3] != pool.shape[3]:
-            raise ValueError(f"key shape {tuple(key.shape)} does not fit the pool: (B, H_kv, T, D) needs "
-                             f"H_kv={pool.shape[1]} and D={pool.shape[3]}")
-        if self.block_tables and key.shape[0] != len(self.block_tables):
-            raise ValueError(f"this PagedCache holds {len(self.block_tables)} sequences, got a batch of "
-                             f"{key.shape[0]}; use one cache per batch")
 
     def fork(self) -> PagedCache:
         """A new cache holding the same tokens by sharing this cache's blocks: no K/V is copied, and no block is

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .cache import Cache, DynamicCache
 from .attention_trace import trace_attention
+from .cache import Cache, DynamicCache
+from .checks import check_int, check_tensor, check_type
 from .compressed_cache import HeavyHitterCache, dequantize, quantize
 from .corpus import make_corpus
 from .model import TinyGPT
@@ -45,11 +46,9 @@ def held_out_tokens(tokenizer: CharTokenizer, n_sequences: int = 4, seq_len: int
     Each piece starts at the beginning of a line, as the model's training windows did, and the pieces do not
     overlap. `seed` must differ from the training seed (0) for the text to be held out.
     """
-    if not isinstance(tokenizer, CharTokenizer):
-        raise TypeError(f"tokenizer must be a kvlab.CharTokenizer, got {type(tokenizer).__name__}")
-    for name, value in (("n_sequences", n_sequences), ("seq_len", seq_len), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be an int >= {0 if name == 'seed' else 1}, got {value!r}")
+    check_type("tokenizer", tokenizer, CharTokenizer, "a kvlab.CharTokenizer")
+    n_sequences, seq_len = check_int("n_sequences", n_sequences, 1), check_int("seq_len", seq_len, 1)
+    seed = check_int("seed", seed, 0)
     lines = make_corpus(n_lines=n_sequences * (seq_len // 8 + 2), seed=seed)  # lines have >= 8 characters
     pieces, current = [], ""
     for line in lines:
@@ -63,11 +62,10 @@ def held_out_tokens(tokenizer: CharTokenizer, n_sequences: int = 4, seq_len: int
 
 
 def _check_model_tokens(model: TinyGPT, tokens: torch.Tensor) -> None:
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2 or tokens.shape[1] < 2:
-        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens must be a (batch, seq_len >= 2) tensor of token ids (torch.long), got {shape}")
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+    check_tensor("tokens", tokens, dim=2, dtypes=(torch.long,), what="a (batch, seq_len) tensor of token ids")
+    if tokens.shape[1] < 2:
+        raise ValueError(f"tokens must have seq_len >= 2 (a next token to predict), got shape {tuple(tokens.shape)}")
 
 
 @torch.inference_mode()
@@ -93,9 +91,7 @@ def decode_token_by_token(model: TinyGPT, tokens: torch.Tensor, cache: Cache) ->
     A `HeavyHitterCache` that is not attached yet is attached to `model` for the run (it needs the queries).
     """
     _check_model_tokens(model, tokens)
-    if not isinstance(cache, Cache):
-        raise TypeError(f"cache must be a kvlab.Cache, got {type(cache).__name__}")
-    if cache.get_seq_length() != 0:
+    if check_type("cache", cache, Cache, "a kvlab.Cache").get_seq_length() != 0:
         raise ValueError(f"cache must be empty, it has seen {cache.get_seq_length()} tokens; call cache.reset()")
     logits, peak = [], 0
     with _queries_for(cache, model):
@@ -191,12 +187,9 @@ def generate_with_memory(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int,
     Returns the tokens (prompt and new ones, like `kvlab.generate`) and the byte counts. A `HeavyHitterCache` is
     attached to `model` for the run.
     """
-    if not isinstance(cache, Cache):
-        raise TypeError(f"cache must be a kvlab.Cache, got {type(cache).__name__}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        raise ValueError(f"idx must be a (batch, seq_len) tensor of token ids, got {getattr(idx, 'shape', idx)!r}")
+    check_type("cache", cache, Cache, "a kvlab.Cache")
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)
+    check_tensor("idx", idx, dim=2, what="a (batch, seq_len) tensor of token ids")
     tokens, held = idx, []
     with _queries_for(cache, model):
         logits = model(idx, cache)  # prefill
@@ -218,11 +211,9 @@ def attention_to_first_tokens(model: TinyGPT, tokens: torch.Tensor, n_first: int
     whatever they say); with attention spread evenly, a query at position t would give them ``n_first / (t + 1)``.
     `tokens` is one sequence (1, T) with T > from_position.
     """
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.shape[0] != 1:
-        raise ValueError(f"tokens must be one sequence of shape (1, T), got {getattr(tokens, 'shape', tokens)!r}")
-    for name, value in (("n_first", n_first), ("from_position", from_position)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if check_tensor("tokens", tokens, dim=2, what="one sequence of token ids, (1, T)").shape[0] != 1:
+        raise ValueError(f"tokens must be one sequence of shape (1, T), got {tuple(tokens.shape)}")
+    n_first, from_position = check_int("n_first", n_first, 1), check_int("from_position", from_position, 1)
     if not n_first <= from_position < tokens.shape[1]:
         raise ValueError(f"need n_first <= from_position < T, got n_first={n_first}, from_position={from_position}, "
                          f"T={tokens.shape[1]}")

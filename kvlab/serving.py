@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from .cache import Cache, DynamicCache
+from .checks import check_int, check_type
 from .compressed_cache import EvictionCache
 from .generate import _check_arguments, sample_next_token
 from .model import GPTConfig, TinyGPT
@@ -37,15 +38,14 @@ def pad_left(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, t
     column to all rows, and every row's next-token logits are at position -1. `pad_id` can be any valid token id:
     the mask hides it.
     """
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {prompts!r}")
+    if not check_type("prompts", prompts, (list, tuple), "a list of token-id lists"):
+        raise ValueError("prompts must be a non-empty list of token-id lists, got []")
     for i, prompt in enumerate(prompts):
-        if not isinstance(prompt, (list, tuple)) or not prompt:
-            raise ValueError(f"prompt {i} must be a non-empty list of token ids, got {prompt!r}")
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            raise TypeError(f"prompt {i} must hold int token ids, got {prompt!r}")
-    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
-        raise TypeError(f"pad_id must be an int token id, got {pad_id!r}")
+        if not check_type(f"prompts[{i}]", prompt, (list, tuple), "a list of token ids"):
+            raise ValueError(f"prompts[{i}] must be a non-empty list of token ids, got []")
+        for t in prompt:
+            check_int(f"prompts[{i}] token id", t)
+    pad_id = check_int("pad_id", pad_id)
     width = max(len(prompt) for prompt in prompts)
     idx = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])  # (B, T_max)
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])  # (B, T_max)
@@ -68,8 +68,7 @@ def generate_batch(model: TinyGPT, prompts: list[list[int]], max_new_tokens: int
     _check_arguments(model, idx, max_new_tokens, True, None, temperature, top_k)  # generate's checks
     if cache is None:
         cache = DynamicCache()
-    if not isinstance(cache, Cache):
-        raise TypeError(f"cache must be a kvlab Cache (or None for a DynamicCache), got {type(cache).__name__}")
+    check_type("cache", cache, Cache, "a kvlab Cache (or None for a DynamicCache)")
     if cache.get_seq_length() != 0:
         raise ValueError(f"generate_batch needs an empty cache, got one holding {cache.get_seq_length()} tokens")
     if isinstance(cache, EvictionCache):
@@ -104,9 +103,7 @@ class HeadSplitCache(Cache):
     def __init__(self, config, tp: int, make_shard: Callable[[GPTConfig], Cache] | None = None) -> None:
         """`make_shard(shard_config)` builds one device's cache (default: a `DynamicCache`); `shard_config` is the
         model's config with 1/tp of the heads, the slice of every layer that one device computes."""
-        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
-            raise ValueError(f"tp must be an int >= 1, got {tp!r}")
-        if config.n_kv_head % tp:
+        if config.n_kv_head % check_int("tp", tp, 1):
             divisors = [d for d in range(1, config.n_kv_head + 1) if config.n_kv_head % d == 0]
             raise ValueError(f"tp={tp} does not divide n_kv_head={config.n_kv_head}: each device must hold whole "
                              f"K/V heads; allowed: {divisors}")

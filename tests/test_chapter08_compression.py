@@ -99,14 +99,14 @@ def test_keys_per_channel_beat_per_token_on_the_hello_model(hello, held_out):
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda: quantize(torch.ones(2, 4), 3, -1), ValueError, "bits must be 4 or 8, got 3"),
-    (lambda: quantize(torch.ones(2, 4), 16, -1), ValueError, "bits must be 4 or 8, got 16"),
-    (lambda: quantize(torch.ones(2, 4), True, -1), ValueError, "bits must be 4 or 8, got True"),
+    (lambda: quantize(torch.ones(2, 4), 3, -1), ValueError, "bits"),
+    (lambda: quantize(torch.ones(2, 4), 16, -1), ValueError, "bits"),
+    (lambda: quantize(torch.ones(2, 4), True, -1), TypeError, "bits"),  # a bool is not a width
     (lambda: quantize(torch.ones(2, 4, dtype=torch.long), 8, -1), TypeError, "floating-point"),
     (lambda: quantize([1.0, 2.0], 8, -1), TypeError, "floating-point"),
     (lambda: quantize(torch.ones(2, 3), 4, -1), ValueError, "must be even"),
     (lambda: quantize(torch.tensor([[1.0, math.inf]]), 8, -1), ValueError, "inf or nan"),
-    (lambda: quantize(torch.ones(2, 4), 8, 2), ValueError, "dim must be an int in -2..1"),
+    (lambda: quantize(torch.ones(2, 4), 8, 2), ValueError, "dim"),
     (lambda: quantize(torch.ones(0, 4), 8, -1), ValueError, "empty"),
     (lambda: dequantize(torch.ones(2)), TypeError, "QuantizedTensor"),
 ])
@@ -162,42 +162,20 @@ def test_quantized_cache_keeps_the_newest_tokens_exact_and_the_rest_within_half_
         assert ((values[:, :, rows] - V[:, :, rows]).abs() <= qv.scale / 2 + 1e-6).all()
 
 
-def test_quantized_cache_reorder_and_reset():
-    cache = QuantizedCache(bits=8, group_size=2, residual_length=1)
-    k = torch.stack([torch.full((2, 5, 4), 1.0), torch.full((2, 5, 4), 2.0)])  # row b holds b + 1
-    cache.update(k, k, 0)
-    cache.reorder_cache(torch.tensor([1, 1]))
-    keys, _ = cache.update(k[:, :, :1], k[:, :, :1], 0)
-    assert (keys[:, :, :-1] == 2.0).all()  # both rows now hold row 1's past
-    cache.reset()
-    assert cache.get_seq_length() == 0 and cache.nbytes == 0
-
-
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: QuantizedCache(bits=2), "bits must be 4 or 8, got 2"),
-    (lambda: QuantizedCache(bits=16), "bits must be 4 or 8, got 16"),
-    (lambda: QuantizedCache(group_size=0), "group_size must be an int >= 1, got 0"),
-    (lambda: QuantizedCache(residual_length=-1), "residual_length must be an int >= 0, got -1"),
+    (lambda: QuantizedCache(bits=2), "bits"),
+    (lambda: QuantizedCache(bits=16), "bits"),
+    (lambda: QuantizedCache(group_size=0), "group_size"),
+    (lambda: QuantizedCache(residual_length=-1), "residual_length"),
 ])
 def test_quantized_cache_bad_settings(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         make()
 
 
-def test_quantized_cache_misuse():
-    cache = QuantizedCache()
-    with pytest.raises(ValueError, match="layer_idx must be 0..0, got 1"):
-        cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), 1)  # layers must arrive in order
-    with pytest.raises(ValueError, match="same shape"):
-        cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 2, 4), 0)
-    with pytest.raises(TypeError, match="floating-point"):
-        cache.update(torch.ones(1, 2, 1, 4, dtype=torch.long), torch.ones(1, 2, 1, 4, dtype=torch.long), 0)
-    cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), 0)
-    with pytest.raises(ValueError, match=re.escape("does not fit the (B, H_kv, T, D) = (1, 2, 1, 4)")):
-        cache.update(torch.ones(1, 3, 1, 4), torch.ones(1, 3, 1, 4), 0)
-    with pytest.raises(TypeError, match="dtype"):
-        cache.update(torch.ones(1, 2, 1, 4, dtype=torch.float64), torch.ones(1, 2, 1, 4, dtype=torch.float64), 0)
-    with pytest.raises(ValueError, match="head_dim must be even, got 5"):
+def test_quantized_cache_needs_an_even_head_dim_at_4_bits():
+    """Checked once, on a layer's first tokens (what every cache checks is in test_cache_contract.py)."""
+    with pytest.raises(ValueError, match="head_dim must be even"):
         QuantizedCache(bits=4).update(torch.ones(1, 2, 1, 5), torch.ones(1, 2, 1, 5), 0)
 
 
@@ -309,48 +287,23 @@ def test_prefill_longer_than_the_budget_is_attended_in_full(hello):
             assert cache.keys[0].shape[2] == 16 and cache.get_seq_length() == 38
 
 
-def test_eviction_reorder_and_reset():
-    cache = SinkCache(4, n_sink=1)
-    rows = torch.stack([position_keys(0, 6, B=1)[0], 100 + position_keys(0, 6, B=1)[0]])  # row 1 = row 0 + 100
-    cache.update(rows, rows, 0)
-    cache.reorder_cache(torch.tensor([1, 0]))
-    assert cache.keys[0][0, 0, :, 0].tolist() == [100, 103, 104, 105]
-    assert cache.keys[0][1, 0, :, 0].tolist() == [0, 3, 4, 5]
-    cache.reset()
-    assert cache.get_seq_length() == 0 and cache.nbytes == 0 and cache.positions == []
-
-
 @pytest.mark.parametrize(("make", "error", "message"), [
-    (lambda: SlidingWindowCache(0), ValueError, "window must be an int >= 1, got 0"),
-    (lambda: SlidingWindowCache(-4), ValueError, "window must be an int >= 1, got -4"),
-    (lambda: SlidingWindowCache(2.5), TypeError, "window must be an int >= 1, got 2.5"),
-    (lambda: SinkCache(0), ValueError, "window must be an int >= 1, got 0"),
+    (lambda: SlidingWindowCache(0), ValueError, "window"),
+    (lambda: SlidingWindowCache(-4), ValueError, "window"),
+    (lambda: SlidingWindowCache(2.5), TypeError, "window"),
+    (lambda: SlidingWindowCache(True), TypeError, "window"),
+    (lambda: SinkCache(0), ValueError, "window"),
     (lambda: SinkCache(4, n_sink=4), ValueError, "n_sink must be smaller than window"),
-    (lambda: SinkCache(4, n_sink=6), ValueError, "got n_sink=6, window=4"),
-    (lambda: SinkCache(4, n_sink=-1), ValueError, "n_sink must be an int >= 0, got -1"),
-    (lambda: HeavyHitterCache(0), ValueError, "budget must be an int >= 1, got 0"),
+    (lambda: SinkCache(4, n_sink=6), ValueError, "n_sink must be smaller than window"),
+    (lambda: SinkCache(4, n_sink=-1), ValueError, "n_sink"),
+    (lambda: HeavyHitterCache(0), ValueError, "budget"),
     (lambda: HeavyHitterCache(8, n_recent=9), ValueError, "n_recent must be at most budget"),
-    (lambda: HeavyHitterCache(8, n_recent=-1), ValueError, "n_recent must be an int >= 0, got -1"),
-    (lambda: EvictionCache(True), TypeError, "budget must be an int >= 1, got True"),
+    (lambda: HeavyHitterCache(8, n_recent=-1), ValueError, "n_recent"),
+    (lambda: EvictionCache(4), TypeError, "abstract"),  # which tokens to keep is a subclass's choice: `_keep`
 ])
 def test_eviction_bad_settings(make, error, message):
     with pytest.raises(error, match=re.escape(message)):
         make()
-
-
-def test_eviction_misuse():
-    cache = SlidingWindowCache(4)
-    with pytest.raises(ValueError, match="at least one new token"):
-        cache.update(torch.ones(1, 2, 0, 4), torch.ones(1, 2, 0, 4), 0)
-    cache.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), 0)
-    with pytest.raises(ValueError, match="does not fit"):
-        cache.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4), 0)
-    with pytest.raises(ValueError, match="layer_idx must be 0..1, got 5"):
-        cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4), 5)
-    with pytest.raises(TypeError, match="does not match the cache's dtype torch.float32"):
-        cache.update(torch.ones(1, 2, 1, 4, dtype=torch.float64), torch.ones(1, 2, 1, 4, dtype=torch.float64), 0)
-    with pytest.raises(TypeError, match="same dtype"):
-        cache.update(torch.ones(1, 2, 1, 4), torch.ones(1, 2, 1, 4, dtype=torch.float64), 0)
 
 
 # --- the heavy-hitter cache ---------------------------------------------------------------------------------------
@@ -434,8 +387,23 @@ def test_heavy_hitter_attach_and_detach(hello):
         kvlab.generate(model, tokenizer.encode_batch("hello w"), 20, cache=fresh)
     assert not fresh.attached and all(len(b.attn.qkv._forward_hooks) == 0 for b in model.blocks)
     assert fresh.get_seq_length() == 26 and fresh.keys[0].shape[2] == 8
-    with pytest.raises(TypeError, match=re.escape("(B, H, T_new, D)")):
+    with pytest.raises(ValueError, match="q"):
         fresh.record_queries(torch.ones(2, 3), 0)
+    with pytest.raises(TypeError, match="q"):
+        fresh.record_queries(torch.ones(1, 4, 1, 16, dtype=torch.long), 0)
+
+
+def test_heavy_hitter_reorder_moves_each_rows_scores_with_it():
+    """The contract's reorder test runs a model whose scores rarely change the choice; here they decide it."""
+    cache = HeavyHitterCache(budget=3, n_recent=1)
+    for t in range(4):  # row 0's heavy hitter is position 1, row 1's is position 2
+        cache.record_queries(torch.ones(2, 1, 1, 1), 0)
+        k = torch.tensor([[[[8.0 if t == 1 else 0.0]]], [[[8.0 if t == 2 else 0.0]]]])  # (2, 1, 1, 1)
+        cache.update(k, k, 0)
+    before = [cache.scores[0][b].clone() for b in range(2)]
+    cache.reorder_cache(torch.tensor([1, 0]))
+    assert torch.equal(cache.scores[0][0], before[1]) and torch.equal(cache.scores[0][1], before[0])
+    assert cache.kept_positions(0, 0) == [0, 2, 3] and cache.kept_positions(0, 1) == [0, 1, 3]
 
 
 def test_heavy_hitter_with_grouped_query_attention():
@@ -493,24 +461,24 @@ def test_held_out_tokens_are_line_starts_of_another_seed(hello):
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda m, t: quality.held_out_tokens("abc"), TypeError, "CharTokenizer"),
-    (lambda m, t: quality.held_out_tokens(t, n_sequences=0), ValueError, "n_sequences must be an int >= 1, got 0"),
-    (lambda m, t: quality.held_out_tokens(t, seq_len=-1), ValueError, "seq_len must be an int >= 1, got -1"),
-    (lambda m, t: quality.cross_entropy("model", torch.ones(1, 4, dtype=torch.long)), TypeError, "kvlab.TinyGPT"),
+    (lambda m, t: quality.held_out_tokens("abc"), TypeError, "tokenizer"),
+    (lambda m, t: quality.held_out_tokens(t, n_sequences=0), ValueError, "n_sequences"),
+    (lambda m, t: quality.held_out_tokens(t, seq_len=-1), ValueError, "seq_len"),
+    (lambda m, t: quality.held_out_tokens(t, seed=True), TypeError, "seed"),
+    (lambda m, t: quality.cross_entropy("model", torch.ones(1, 4, dtype=torch.long)), TypeError, "model"),
     (lambda m, t: quality.cross_entropy(m, torch.ones(1, 1, dtype=torch.long)), ValueError, "seq_len >= 2"),
-    (lambda m, t: quality.decode_token_by_token(m, torch.ones(1, 4, dtype=torch.long), "cache"), TypeError,
-     "kvlab.Cache"),
+    (lambda m, t: quality.cross_entropy(m, torch.ones(1, 4)), TypeError, "tokens"),
+    (lambda m, t: quality.decode_token_by_token(m, torch.ones(1, 4, dtype=torch.long), "cache"), TypeError, "cache"),
     (lambda m, t: quality.compare_to_full_cache(m, torch.ones(1, 4, dtype=torch.long), kvlab.DynamicCache()),
-     TypeError, "make_cache must be a function"),
+     TypeError, "make_cache"),
     (lambda m, t: quality.compare_logits(torch.ones(1, 3, 5), torch.ones(1, 4, 5), torch.ones(1, 3, dtype=torch.long),
-                                         1, 1), ValueError, "must both be (B, T, vocab)"),
+                                         1, 1), ValueError, "(B, T, vocab)"),
     (lambda m, t: quality.generate_with_memory(m, t.encode_batch("h"), 0, kvlab.DynamicCache()), ValueError,
-     "max_new_tokens must be an int >= 1, got 0"),
-    (lambda m, t: quality.generate_with_memory(m, t.encode_batch("h"), 3, None), TypeError, "kvlab.Cache"),
+     "max_new_tokens"),
+    (lambda m, t: quality.generate_with_memory(m, t.encode_batch("h"), 3, None), TypeError, "cache"),
     (lambda m, t: quality.attention_to_first_tokens(m, t.encode_batch("hello"), 4, 8), ValueError,
-     "need n_first <= from_position < T"),
-    (lambda m, t: quality.attention_to_first_tokens(m, t.encode_batch("hello"), 0, 2), ValueError,
-     "n_first must be an int >= 1, got 0"),
+     "n_first <= from_position < T"),
+    (lambda m, t: quality.attention_to_first_tokens(m, t.encode_batch("hello"), 0, 2), ValueError, "n_first"),
 ])
 def test_quality_bad_input(hello, call, error, message):
     model, tokenizer = hello
@@ -522,7 +490,7 @@ def test_decode_token_by_token_needs_an_empty_cache(hello):
     model, tokenizer = hello
     cache = kvlab.DynamicCache()
     kvlab.generate(model, tokenizer.encode_batch("h"), 2, cache=cache)
-    with pytest.raises(ValueError, match="cache must be empty, it has seen 2 tokens"):
+    with pytest.raises(ValueError, match="cache must be empty"):
         quality.decode_token_by_token(model, tokenizer.encode_batch("hello"), cache)
 
 
@@ -595,7 +563,7 @@ def test_kv_head_weights_are_small():
 
 def test_load_kv_head_model_bad_input():
     for bad in (3, 0, True, "2"):
-        with pytest.raises(ValueError, match="n_kv_head must be 4 \\(the hello model\\), 2 or 1"):
+        with pytest.raises(ValueError, match="n_kv_head"):
             load_kv_head_model(bad)
 
 
@@ -632,7 +600,7 @@ def test_mean_pool_averages_each_groups_key_and_value_projections(hello):
 def test_mean_pool_bad_input(hello):
     model, _ = hello
     for bad in (3, 0, True):
-        with pytest.raises(ValueError, match="n_kv_head must divide n_head=4"):
+        with pytest.raises(ValueError, match="n_kv_head must divide n_head"):
             mean_pool_kv_heads(model, bad)
     with pytest.raises(ValueError, match="must be multi-head"):
         mean_pool_kv_heads(mean_pool_kv_heads(model, 2), 1)

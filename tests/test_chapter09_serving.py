@@ -151,12 +151,13 @@ def test_pad_left_by_hand():
 
 
 @pytest.mark.parametrize("prompts, pad_id, error, message", [
-    ([], 0, ValueError, "prompts must be a non-empty list"),
-    ("hello", 0, ValueError, "prompts must be a non-empty list"),
-    ([[1], []], 0, ValueError, r"prompt 1 must be a non-empty list of token ids, got \[\]"),
-    ([[1, 2.0]], 0, TypeError, r"prompt 0 must hold int token ids, got \[1, 2.0\]"),
-    ([[1, True]], 0, TypeError, "prompt 0 must hold int token ids"),
-    ([[1]], None, TypeError, "pad_id must be an int token id, got None"),
+    ([], 0, ValueError, "prompts"),
+    ("hello", 0, TypeError, "prompts"),
+    ([[1], []], 0, ValueError, r"prompts\[1\]"),
+    ([[1], "ab"], 0, TypeError, r"prompts\[1\]"),
+    ([[1, 2.0]], 0, TypeError, r"prompts\[0\] token id"),
+    ([[1, True]], 0, TypeError, r"prompts\[0\] token id"),
+    ([[1]], None, TypeError, "pad_id"),
 ])
 def test_pad_left_bad_input(prompts, pad_id, error, message):
     with pytest.raises(error, match=message):
@@ -212,10 +213,10 @@ def test_generate_batch_samples_reproducibly(hello):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
-    (dict(max_new_tokens=60), r"prompt \(5\) \+ max_new_tokens \(60\) = 65 exceeds max_seq_len=64"),
-    (dict(max_new_tokens=2, temperature=-1.0), "temperature must be a finite number >= 0"),
-    (dict(max_new_tokens=2, top_k=0), "top_k must be None or an int >= 1"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_new_tokens=60), "max_seq_len"),
+    (dict(max_new_tokens=2, temperature=-1.0), "temperature"),
+    (dict(max_new_tokens=2, top_k=0), "top_k"),
 ])
 def test_generate_batch_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -226,9 +227,9 @@ def test_generate_batch_needs_an_empty_cache():
     model = random_model()
     cache = kvlab.DynamicCache()
     model(torch.zeros(1, 2, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="needs an empty cache, got one holding 2 tokens"):
+    with pytest.raises(ValueError, match="empty cache"):
         generate_batch(model, [[1]], 2, cache=cache)
-    with pytest.raises(TypeError, match="cache must be a kvlab Cache .* got dict"):
+    with pytest.raises(TypeError, match="cache"):
         generate_batch(model, [[1]], 2, cache={})
 
 
@@ -348,27 +349,14 @@ def test_paged_beam_search_shares_blocks_and_matches_the_dynamic_cache(hello):
     assert pool.n_free == 40 and cache.get_seq_length() == 0 and cache.nbytes == 0
 
 
-def test_reorder_cache_moves_rows_like_the_dynamic_cache():
-    model = random_model(5, n_kv_head=2)
-    pool = BlockPool(model.config, n_blocks=20, block_size=3)
-    paged, dynamic = PagedCache(pool), kvlab.DynamicCache()
-    idx = torch.randint(37, (3, 5), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        for cache in (paged, dynamic):
-            model(idx, cache)
-            cache.reorder_cache(torch.tensor([2, 2, 0]))
-        step = torch.tensor([[1], [2], [3]])
-        torch.testing.assert_close(model(step, paged), model(step, dynamic), atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_blocks=4, block_size=0), "block_size must be an int >= 1, got 0"),
-    (dict(n_blocks=0, block_size=4), "n_blocks must be an int >= 1, got 0"),
-    (dict(n_blocks=4, block_size=2.5), "block_size must be an int >= 1, got 2.5"),
-    (dict(n_blocks=True, block_size=4), "n_blocks must be an int >= 1, got True"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(n_blocks=4, block_size=0), ValueError, "block_size"),
+    (dict(n_blocks=0, block_size=4), ValueError, "n_blocks"),
+    (dict(n_blocks=4, block_size=2.5), TypeError, "block_size"),
+    (dict(n_blocks=True, block_size=4), TypeError, "n_blocks"),
 ])
-def test_block_pool_bad_sizes(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_block_pool_bad_sizes(kwargs, error, message):
+    with pytest.raises(error, match=message):
         BlockPool(random_model().config, **kwargs)
 
 
@@ -378,31 +366,22 @@ def test_an_exhausted_pool_raises_and_changes_nothing():
     cache = PagedCache(pool)
     with torch.inference_mode():
         model(torch.zeros(1, 10, dtype=torch.long), cache)  # 3 blocks: the pool is full
-        with pytest.raises(ValueError, match=r"block pool is exhausted: 1 more blocks needed for 13 tokens per row, "
-                                             r"0 of 3 free \(block_size=4\)"):
+        with pytest.raises(ValueError, match="block pool is exhausted"):
             model(torch.zeros(1, 3, dtype=torch.long), cache)
     assert cache.block_tables == [[0, 1, 2]] and cache.get_seq_length() == 10
 
 
 def test_paged_cache_misuse_raises():
+    """What only a paged cache can get wrong; what every cache checks is in test_cache_contract.py."""
     model = random_model()
     pool = BlockPool(model.config, n_blocks=8, block_size=4)
-    cache = PagedCache(pool)
-    key = torch.zeros(2, 4, 3, 8)
-    with pytest.raises(TypeError, match="pool must be a BlockPool, got StaticCache"):
+    with pytest.raises(TypeError, match="pool"):
         PagedCache(kvlab.StaticCache(model.config, 1, 4))
-    with pytest.raises(TypeError, match="key dtype torch.float16 does not match the pool's dtype torch.float32"):
-        cache.update(key.half(), key.half(), 0)
-    with pytest.raises(ValueError, match=r"key shape \(2, 2, 3, 8\) does not fit the pool"):
-        cache.update(torch.zeros(2, 2, 3, 8), torch.zeros(2, 2, 3, 8), 0)
-    with pytest.raises(ValueError, match="layer_idx must be 0..1, got 2"):
-        cache.update(key, key, 2)
-    cache.update(key, key, 0)
-    with pytest.raises(ValueError, match="holds 2 sequences, got a batch of 3"):
-        cache.update(torch.zeros(3, 4, 1, 8), torch.zeros(3, 4, 1, 8), 1)
-    with pytest.raises(ValueError, match="block 7 is already free"):
+    with pytest.raises(ValueError, match="does not fit"):  # the pool's heads, before any token is stored
+        PagedCache(pool).update(torch.zeros(2, 2, 3, 8), torch.zeros(2, 2, 3, 8), 0)
+    with pytest.raises(ValueError, match="already free"):
         pool.release(7)
-    with pytest.raises(ValueError, match="block 7 is free: only allocated blocks can be shared"):
+    with pytest.raises(ValueError, match="only allocated blocks can be shared"):
         pool.share(7)
 
 
@@ -526,10 +505,10 @@ def test_notebook_tp_table():
 
 
 @pytest.mark.parametrize("tp, error, message", [
-    (3, ValueError, r"tp=3 does not divide n_kv_head=4: each device must hold whole K/V heads; allowed: \[1, 2, 4\]"),
-    (8, ValueError, "tp=8 does not divide n_kv_head=4"),
-    (0, ValueError, "tp must be an int >= 1, got 0"),
-    (True, ValueError, "tp must be an int >= 1, got True"),
+    (3, ValueError, r"allowed: \[1, 2, 4\]"),  # the rule, and the choices
+    (8, ValueError, "does not divide n_kv_head"),
+    (0, ValueError, "tp"),
+    (True, TypeError, "tp"),
 ])
 def test_head_split_bad_tp(tp, error, message):
     with pytest.raises(error, match=message):
@@ -538,7 +517,7 @@ def test_head_split_bad_tp(tp, error, message):
 
 def test_head_split_rejects_keys_with_other_heads():
     split = HeadSplitCache(random_model().config, 2)
-    with pytest.raises(ValueError, match=r"key shape \(1, 2, 1, 8\) does not fit: \(B, H_kv, T, D\) needs H_kv=4"):
+    with pytest.raises(ValueError, match="H_kv=4"):
         split.update(torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8), 0)
 
 
