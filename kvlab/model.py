@@ -187,7 +187,9 @@ class TinyGPT(nn.Module):
         if token_ids:
             self._check_token_ids(idx)
         if attention_mask is not None:  # chapter 9's padded batches
-            check_tensor("attention_mask", attention_mask, what="a torch.Tensor of 1s and 0s")
+            if not isinstance(attention_mask, torch.Tensor):  # the type's name only: the mask may be long
+                raise TypeError(f"attention_mask must be a torch.Tensor of 1s and 0s, "
+                                f"got {type(attention_mask).__name__}")
             expected = (idx.shape[0], past + idx.shape[1])
             if tuple(attention_mask.shape) != expected:
                 raise ValueError(f"attention_mask must have shape (batch, cached + new) = {expected}, "
