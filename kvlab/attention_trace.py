@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .checks import check_bool, check_int, check_number, check_one_of, check_tensor, check_type
 from .model import TinyGPT
 
 __all__ = ["AttentionTrace", "AttentionStep", "trace_attention", "expand_attention_step", "trace_with_perturbation",
@@ -106,22 +107,23 @@ def _rounded(x: float, digits: int) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def _check_index(name: str, value, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
+def _check_trace_arguments(model: TinyGPT, idx: torch.Tensor, layer: int, head: int, min_len: int = 1) -> None:
+    """One sequence of token ids (1, T) with T >= min_len, for a TinyGPT, and a layer and query head it has."""
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+    check_tensor("idx", idx, dim=2, what="one sequence of token ids of shape (1, seq_len)")
+    if idx.shape[0] != 1 or idx.shape[1] < min_len:
+        raise ValueError(f"idx must have shape (1, seq_len) with seq_len >= {min_len}, got {tuple(idx.shape)}")
+    check_int("layer", layer, 0, model.config.n_layer - 1)
+    check_int("head", head, 0, model.config.n_head - 1)
 
 
 def _run_traced(model: TinyGPT, idx: torch.Tensor, layer: int, head: int,
                 edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> AttentionTrace:
-    """Run the model with hooks on layer `layer`: record (and optionally `edit`) qkv, record the head outputs."""
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    """Run the model with hooks on layer `layer`: record (and optionally `edit`) qkv, record the head outputs.
+
+    The public functions check their arguments (`_check_trace_arguments`) before they call this.
+    """
     config = model.config
-    _check_index("layer", layer, 0, config.n_layer - 1)
-    _check_index("head", head, 0, config.n_head - 1)
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != 1:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be one sequence of token ids of shape (1, seq_len), got {shape}")
     attn = model.blocks[layer].attn
     seen: dict[str, torch.Tensor] = {}
 
@@ -161,6 +163,7 @@ def trace_attention(model: TinyGPT, idx: torch.Tensor, layer: int, head: int) ->
     With grouped-query attention (n_kv_head < n_head) the trace holds the K/V head that this query head reads,
     ``head // (n_head // n_kv_head)``, exactly as the model's ``repeat_interleave`` pairs them.
     """
+    _check_trace_arguments(model, idx, layer, head)
     return _run_traced(model, idx, layer, head)
 
 
@@ -169,9 +172,8 @@ def expand_attention_step(trace: AttentionTrace, t: int) -> AttentionStep:
 
     The result's `output` equals ``trace.output[t - 1]``, the model's own value, to float32 rounding (~1e-7).
     """
-    if not isinstance(trace, AttentionTrace):
-        raise TypeError(f"trace must be an AttentionTrace (from trace_attention), got {type(trace).__name__}")
-    _check_index("t", t, 1, trace.seq_len)
+    check_type("trace", trace, AttentionTrace, "an AttentionTrace (from trace_attention)")
+    check_int("t", t, 1, trace.seq_len)
     q = trace.q[t - 1].double()  # (D,)
     keys, values = trace.k[:t].double(), trace.v[:t].double()  # (t, D): the past and the present, no future
     dots = keys @ q  # (t,) one dot product per visible key
@@ -190,24 +192,14 @@ def trace_with_perturbation(model: TinyGPT, idx: torch.Tensor, layer: int, head:
     Comparing the result's `output` with an unperturbed trace shows which rows of the attention output depend on
     which rows of q, k and v (see `output_change`).
     """
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    if tensor not in ("q", "k", "v"):
-        raise ValueError(f"tensor must be 'q', 'k' or 'v', got {tensor!r}")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be one sequence of token ids of shape (1, seq_len), got {shape}")
-    positions = list(positions)
+    _check_trace_arguments(model, idx, layer, head)
+    check_one_of("tensor", tensor, ("q", "k", "v"))
+    check_number("scale", scale)
+    check_int("seed", seed, minimum=0)
+    positions = [check_int("each position", position, 1, idx.shape[1]) for position in positions]
     if not positions:
         raise ValueError("positions must name at least one position (1-based)")
-    for position in positions:
-        _check_index("each position", position, 1, idx.shape[1])
     config = model.config
-    _check_index("head", head, 0, config.n_head - 1)
 
     def edit(qkv: torch.Tensor) -> torch.Tensor:  # qkv: (1, T, d_model + 2 * kv_dim)
         D = config.head_dim
@@ -226,8 +218,7 @@ def trace_with_perturbation(model: TinyGPT, idx: torch.Tensor, layer: int, head:
 def output_change(before: AttentionTrace, after: AttentionTrace) -> torch.Tensor:
     """(T,) the largest absolute change of each row of the head's output between two traces of the same sequence."""
     for name, trace in (("before", before), ("after", after)):
-        if not isinstance(trace, AttentionTrace):
-            raise TypeError(f"{name} must be an AttentionTrace, got {type(trace).__name__}")
+        check_type(name, trace, AttentionTrace, "an AttentionTrace")
     if before.output.shape != after.output.shape:
         raise ValueError(f"traces must have the same shape, got {tuple(before.output.shape)} and "
                          f"{tuple(after.output.shape)}")
@@ -242,11 +233,7 @@ def kv_prefix_change(model: TinyGPT, idx: torch.Tensor) -> float:
     in exact arithmetic, which is what lets a cache keep them; in floating point only rounding is left (kernels
     for different T may add in a different order), so the result is ~1e-6 in float32 and ~1e-15 in float64.
     """
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[0] != 1 or idx.shape[1] < 2:
-        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise ValueError(f"idx must be one sequence of at least 2 token ids, shape (1, seq_len >= 2), got {shape}")
+    _check_trace_arguments(model, idx, 0, 0, min_len=2)
     config = model.config
     heads = [h * (config.n_head // config.n_kv_head) for h in range(config.n_kv_head)]  # one query head per K/V head
     largest = 0.0
@@ -263,12 +250,10 @@ def kv_prefix_change(model: TinyGPT, idx: torch.Tensor) -> float:
 def format_vectors(rows: torch.Tensor, labels: Iterable[str], digits: int = 2) -> str:
     """A (T, D) matrix as text, one labelled row per position, each number rounded to `digits` decimals."""
     labels = list(labels)
-    if not isinstance(rows, torch.Tensor) or rows.dim() != 2:
-        raise ValueError(f"rows must be a 2-D tensor (T, D), got {getattr(rows, 'shape', type(rows).__name__)}")
+    check_tensor("rows", rows, dim=2, what="a 2-D tensor (T, D)")
+    check_int("digits", digits, minimum=0)
     if len(labels) != rows.shape[0]:
-        raise ValueError(f"need one label per row: {rows.shape[0]} rows, {len(labels)} labels")
-    if not isinstance(digits, int) or isinstance(digits, bool) or digits < 0:
-        raise ValueError(f"digits must be an int >= 0, got {digits!r}")
+        raise ValueError(f"labels must hold one label per row: {rows.shape[0]} rows, {len(labels)} labels")
     width = max(len(label) for label in labels) if labels else 0
     values = [[_rounded(x, digits) for x in row.tolist()] for row in rows]
     cell = max(len(x) for row in values for x in row) if values and values[0] else 0
@@ -293,11 +278,9 @@ def cache_step_grid(t: int, seq_len: int, use_cache: bool) -> list[list[int]]:
     cache the step re-feeds tokens 1..t, so it computes all t(t+1)/2 unmasked scores of rows 1..t (each key
     recomputed too). With a cache it computes row t only: t scores, t - 1 of them against keys read from the cache.
     """
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-        raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
-    _check_index("t", t, 0, seq_len)
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
+    check_int("seq_len", seq_len, minimum=1)
+    check_int("t", t, 0, seq_len)
+    check_bool("use_cache", use_cache)
     grid = []
     for i in range(1, seq_len + 1):
         row = []

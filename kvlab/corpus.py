@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 
+from .checks import check_int
+
 __all__ = ["make_corpus", "HELLO_LINE_SHARE"]
 
 HELLO_LINE_SHARE = 0.3  # the share of lines that begin with "hello"
@@ -41,7 +43,6 @@ def _sentence(rng: random.Random) -> str:
 
 def make_corpus(n_lines: int = 4000, seed: int = 0) -> list[str]:
     """`n_lines` sentences, one per line, the same for the same seed."""
-    if not isinstance(n_lines, int) or n_lines < 1:
-        raise ValueError(f"n_lines must be an int >= 1, got {n_lines!r}")
+    check_int("n_lines", n_lines, minimum=1)
     rng = random.Random(seed)
     return [_sentence(rng) for _ in range(n_lines)]

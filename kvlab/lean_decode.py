@@ -1,7 +1,7 @@
 """A lean decode loop: the same model and the same numbers, with the per-step overhead taken out.
 
-`TinyGPT.forward` is written to be read: modules that call modules, input checks on every call, a `Cache` object
-that checks its arguments. On a GPT-2-sized model that matters little, because a decode step spends its time
+`TinyGPT.forward` is written to be read: modules that call modules, O(1) input checks on every call, a `Cache`
+object that checks its arguments. On a GPT-2-sized model that matters little, because a decode step spends its time
 reading the weights. On a course-sized model (4 layers x 128) it matters a lot: a decode step is about a hundred
 tiny tensor operations, each a few microseconds of Python and dispatcher work around far less arithmetic, so the
 bookkeeping around the maths is a large share of the step (benchmarks/README.md, figure 2a).
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .generate import _check_arguments, _sample
-from .model import Block, TinyGPT, causal_mask
+from .masks import causal_mask
+from .model import Block, TinyGPT
 
 __all__ = ["LayerWeights", "layer_weights", "lean_generate", "lean_forward"]
 
@@ -97,7 +98,7 @@ def lean_generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, tem
     `generate` for everything else (caches passed in, early stopping, timings).
     """
     _check_arguments(model, idx, max_new_tokens, True, None, temperature, top_k)
-    model._check_input(idx, 0)  # once, for the prompt: every later token is one the model itself chose
+    model._check_token_ids(idx)  # once, for the prompt: every later token is one the model itself chose
     c, (B, P) = model.config, idx.shape
     weight = model.wte.weight
     shape = (B, c.n_kv_head, P + max_new_tokens, c.head_dim)  # (B, H_kv, T_max, D)

@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from .cache import DynamicCache
-from .model import Block, CausalSelfAttention, TinyGPT, attention
+from .checks import check_type
+from .generate import _check_arguments
+from .masks import attention
+from .model import Block, CausalSelfAttention, TinyGPT
 
 __all__ = ["LayerPast", "legacy_attention", "legacy_block", "legacy_forward", "legacy_generate", "stack_past",
            "to_legacy_cache", "from_legacy_cache"]
@@ -58,9 +61,7 @@ def legacy_forward(model: TinyGPT, idx: torch.Tensor, past: Sequence[LayerPast] 
     the new tokens. Uses the model's own modules and weights; only the cache protocol differs from
     ``model(idx, cache)``.
     """
-    _check_legacy_model(model)
-    past_len = _check_past(model, idx, past)
-    model._check_input(idx, past_len)  # the model's own checks: dtype, shape, vocabulary, max_seq_len
+    past_len = _check_legacy_input(model, idx, past)  # the model's own checks, and that `past` fits the model
     positions = torch.arange(past_len, past_len + idx.shape[1], device=idx.device)
     x = model.wte(idx) + model.wpe(positions)  # (B, T, C)
     presents = []
@@ -73,11 +74,8 @@ def legacy_forward(model: TinyGPT, idx: torch.Tensor, past: Sequence[LayerPast] 
 @torch.inference_mode()
 def legacy_generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy generation the GPT-2 way: feed the prompt once, then one token and the growing `past` per step."""
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[1] + max_new_tokens > model.config.max_seq_len:
-        raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) = "
-                         f"{idx.shape[1] + max_new_tokens} exceeds max_seq_len={model.config.max_seq_len}")
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+    _check_arguments(model, idx, max_new_tokens, False, None, 0.0, None)  # generate's checks: lengths, max_seq_len
     logits, past = legacy_forward(model, idx)  # prefill: the whole prompt
     for step in range(max_new_tokens):
         next_token = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -94,68 +92,56 @@ def stack_past(presents: Sequence[LayerPast]) -> torch.Tensor:
     TensorFlow original put batch first: [batch, n_layer, 2, n_head, seq_len, head_dim]. `legacy_forward` accepts the
     stacked tensor as `past` too (indexing its first axis gives one layer's (key, value)).
     """
-    if isinstance(presents, torch.Tensor) or not isinstance(presents, Sequence) or len(presents) == 0:
-        raise ValueError(f"presents must be a non-empty sequence of (key, value) pairs, got {type(presents).__name__}"
-                         + (" of length 0" if isinstance(presents, Sequence) and len(presents) == 0 else ""))
-    shape = None
-    for i, pair in enumerate(presents):
-        if not isinstance(pair, Sequence) or len(pair) != 2 or not all(isinstance(t, torch.Tensor) for t in pair):
-            raise ValueError(f"presents[{i}] must be a (key, value) pair of tensors, got {type(pair).__name__}")
-        for t in pair:
-            if t.dim() != 4 or (shape is not None and t.shape != shape):
-                raise ValueError(f"presents[{i}] holds a tensor of shape {tuple(t.shape)}; every key and value must "
-                                 f"have the same (batch, n_head, seq_len, head_dim) shape"
-                                 + (f" {tuple(shape)}" if shape is not None else ""))
-            shape = t.shape
+    check_type("presents", presents, Sequence, "a sequence of (key, value) pairs, one per layer")
+    _pair_shape("presents", presents)
     return torch.stack([torch.stack([key, value]) for key, value in presents])
 
 
 def to_legacy_cache(cache: DynamicCache) -> tuple[LayerPast, ...]:
     """A `DynamicCache`'s contents as the tuple of (key, value) pairs `legacy_forward` takes (no copy)."""
-    if not isinstance(cache, DynamicCache):
-        raise TypeError(f"cache must be a kvlab.DynamicCache, got {type(cache).__name__}")
+    check_type("cache", cache, DynamicCache, "a kvlab.DynamicCache")
     return tuple(zip(cache.keys, cache.values))
 
 
 def from_legacy_cache(past: Sequence[LayerPast]) -> DynamicCache:
     """A `DynamicCache` holding the same keys and values as legacy `past` (no copy), so `model(idx, cache)` goes on."""
-    stack_past(past)  # validates the pairs and their shapes (the stacked copy is dropped)
+    check_type("past", past, Sequence, "a sequence of (key, value) pairs, one per layer")
+    _pair_shape("past", past)
     cache = DynamicCache()
     for layer_idx, (key, value) in enumerate(past):
         cache.update(key, value, layer_idx)
     return cache
 
 
-def _check_legacy_model(model: TinyGPT) -> None:
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
-    if model.config.n_kv_head != model.config.n_head:
+def _pair_shape(name: str, pairs: Sequence[LayerPast] | torch.Tensor) -> torch.Size:
+    """The one (batch, n_head, seq_len, head_dim) shape that every key and value in `pairs` must share."""
+    shapes = set()
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2 or not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in pair):
+            raise ValueError(f"{name}[{i}] must be a (key, value) pair of (batch, n_head, seq_len, head_dim) tensors")
+        shapes |= {pair[0].shape, pair[1].shape}
+    if len(shapes) != 1:
+        raise ValueError(f"{name} must be a non-empty sequence of (key, value) pairs whose keys and values all have "
+                         f"one shape, got shapes {sorted(tuple(shape) for shape in shapes)}")
+    return shapes.pop()
+
+
+def _check_legacy_input(model: TinyGPT, idx: torch.Tensor, past: Sequence[LayerPast] | torch.Tensor | None) -> int:
+    """Length of the cached sequence in `past`, after the model's own checks and that `past` fits model and batch."""
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+    c = model.config
+    if c.n_kv_head != c.n_head:
         raise ValueError(f"the legacy path is GPT-2's, which has one K/V head per query head: got "
-                         f"n_kv_head={model.config.n_kv_head} < n_head={model.config.n_head}; use model(idx, cache) "
+                         f"n_kv_head={c.n_kv_head} < n_head={c.n_head}; use model(idx, cache) "
                          f"with a kvlab.Cache for grouped-query attention")
-
-
-def _check_past(model: TinyGPT, idx: torch.Tensor, past) -> int:
-    """Length of the cached sequence in `past`, after checking that every key and value fits the model and batch."""
+    model._check_input(idx, 0, token_ids=True)  # dtype, shape, every id: the legacy path is not timed
     if past is None:
         return 0
-    c = model.config
-    if not isinstance(past, (Sequence, torch.Tensor)) or len(past) != c.n_layer:
-        got = f"{len(past)} entries" if isinstance(past, (Sequence, torch.Tensor)) else type(past).__name__
-        raise ValueError(f"past must hold one (key, value) pair per layer ({c.n_layer}), got {got}")
-    batch = idx.shape[0] if isinstance(idx, torch.Tensor) and idx.dim() == 2 else None
-    past_len = None
-    for i, layer_past in enumerate(past):
-        if len(layer_past) != 2:
-            raise ValueError(f"past[{i}] must be a (key, value) pair, got {len(layer_past)} entries")
-        for t in layer_past:
-            fits = (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[1] == c.n_head
-                    and t.shape[3] == c.head_dim and batch in (None, t.shape[0])
-                    and past_len in (None, t.shape[2]))
-            if not fits:
-                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                want_len = "T_past" if past_len is None else past_len
-                raise ValueError(f"past[{i}] holds {got}; every key and value must have shape (batch={batch}, "
-                                 f"n_head={c.n_head}, seq_len={want_len}, head_dim={c.head_dim})")
-            past_len = t.shape[2]
-    return past_len
+    check_type("past", past, (Sequence, torch.Tensor), "one (key, value) pair per layer")
+    B, H, T, D = _pair_shape("past", past)
+    if len(past) != c.n_layer or (B, H, D) != (idx.shape[0], c.n_head, c.head_dim):
+        raise ValueError(f"past must hold one (key, value) pair per layer ({c.n_layer}), each of shape (batch="
+                         f"{idx.shape[0]}, n_head={c.n_head}, seq_len, head_dim={c.head_dim}); got {len(past)} "
+                         f"of shape {(B, H, T, D)}")
+    model._check_input(idx, T)  # max_seq_len, now that the past is known
+    return T

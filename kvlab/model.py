@@ -1,6 +1,7 @@
 """TinyGPT: GPT-2's architecture, small enough to read in one sitting, with an optional KV cache.
 
-Read top to bottom: `GPTConfig`, `CausalSelfAttention` (where the cache lives), `MLP`, `Block`, `TinyGPT`.
+Read top to bottom: `GPTConfig`, `CausalSelfAttention` (where the cache lives), `MLP`, `Block`, `TinyGPT`, then
+`conv1d_layout`, a CPU speed-up that changes no number. The attention masks come from `kvlab.masks`.
 The architecture is exactly GPT-2's (learned positions, pre-LayerNorm with eps 1e-5, biases in every linear layer,
 GELU with the tanh approximation, LM head tied to the token embedding), so its weights map one-to-one onto
 Hugging Face's ``GPT2LMHeadModel``. One addition: ``n_kv_head < n_head`` gives grouped-query attention.
@@ -8,7 +9,6 @@ Hugging Face's ``GPT2LMHeadModel``. One addition: ``n_kv_head < n_head`` gives g
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .cache import Cache
+from .checks import check_int, check_tensor
+from .masks import causal_mask, padding_mask  # chapters 03 and 09; re-exported: `kvlab.model.causal_mask` works
 
-__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "attention", "causal_mask",
-           "padding_mask"]
+__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "conv1d_layout"]
 
 
 @dataclass
@@ -36,9 +37,7 @@ class GPTConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "n_kv_head"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            setattr(self, name, check_int(name, getattr(self, name), minimum=1))  # a plain int: saved safely
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
@@ -47,39 +46,6 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
-
-
-def causal_mask(n_queries: int, n_keys: int, device: torch.device | None = None) -> torch.Tensor:
-    """(n_queries, n_keys) bool mask, True where a query may look: the queries are the *last* n_queries positions.
-
-    Without a cache n_queries == n_keys and this is the usual lower triangle. With a cache the new tokens sit after
-    n_keys - n_queries cached ones, so every query sees the whole past plus the new tokens up to itself.
-    """
-    past = n_keys - n_queries
-    return torch.ones(n_queries, n_keys, dtype=torch.bool, device=device).tril(diagonal=past)
-
-
-def padding_mask(attention_mask: torch.Tensor, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (B, n_new) and attention mask (B, 1, n_new, S) for rows padded to one length (chapter 9).
-
-    `attention_mask` (B, S) covers all S = cached + new tokens: 1 for a real token, 0 for padding. A token's
-    position counts only the real tokens before it, and a query sees its causal past minus the padding, so each
-    row computes what it would compute alone. A padding query also sees itself: with left padding it has no real
-    key at all, and a softmax over nothing but -inf is NaN, which would reach the real tokens as 0 · NaN = NaN.
-    """
-    real = attention_mask.bool()  # (B, S)
-    S = real.shape[1]
-    positions = (real.long().cumsum(dim=1) - 1).clamp(min=0)[:, S - n_new:]  # (B, T): padding does not count
-    itself = torch.arange(S, device=real.device) == torch.arange(S - n_new, S, device=real.device)[:, None]
-    mask = (causal_mask(n_new, S, real.device) & real[:, None, :]) | itself  # (B, T, S)
-    return positions, mask[:, None]  # (B, 1, T, S): the same for every head
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q kᵀ / √d) v with a causal mask, written out; the model uses PyTorch's fused version of the same."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T_new, T_all)
-    scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
-    return scores.softmax(dim=-1) @ v  # (B, H, T_new, D)
 
 
 class CausalSelfAttention(nn.Module):
@@ -162,20 +128,15 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, eps=1e-5)
         self.apply(self._init_weights)
+        conv1d_layout(self)  # faster decode steps on a CPU; values unchanged (see the function)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        """GPT-2's initialisation: N(0, 0.02) weights, zero biases.
-
-        Each Linear weight keeps its (out, in) shape but is laid out in memory as its transpose, the way GPT-2's
-        original Conv1D stores it: a decode step multiplies one vector by every matrix, and CPU BLAS streams this
-        layout faster (benchmarks/README.md, figure 2b). Values, and so every result, are unchanged.
-        """
+        """GPT-2's initialisation: N(0, 0.02) weights, zero biases."""
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
-            module.weight.data = module.weight.data.t().contiguous().t()  # same (out, in) tensor, (in, out) in memory
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,6 +145,9 @@ class TinyGPT(nn.Module):
         With a cache, `idx` holds only the tokens the cache has not seen; they are placed after the cached ones.
         The same call does prefill (T > 1) and decode (T = 1). `attention_mask` (B, cached + T), 1 for real tokens
         and 0 for padding (Hugging Face's convention), lets rows of different lengths share a batch (chapter 9).
+
+        A decode loop calls this once per token, so its checks cost O(1) (types and lengths, as nanoGPT's one
+        assert): none reads every id. A bad id still gets a clear error, from the embedding lookup (`_embed`).
         """
         past = cache.get_seq_length() if cache is not None else 0
         self._check_input(idx, past, attention_mask)
@@ -191,29 +155,39 @@ class TinyGPT(nn.Module):
             positions, mask = torch.arange(past, past + idx.shape[1], device=idx.device), None
         else:  # padded rows: per-row positions, and a mask that hides the padding
             positions, mask = padding_mask(attention_mask, idx.shape[1])
-        x = self.wte(idx) + self.wpe(positions)  # (B, T, C)
+        x = self._embed(idx) + self.wpe(positions)  # (B, T, C)
         for block in self.blocks:
             x = block(x, cache, mask)
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
-    def _check_input(self, idx: torch.Tensor, past: int, attention_mask: torch.Tensor | None = None) -> None:
-        """Clear errors for the mistakes an embedding lookup would report cryptically (or not at all)."""
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"idx must be a torch.Tensor of token ids, got {type(idx).__name__}")
-        if idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
-        if idx.dim() != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
-            raise ValueError(f"idx must have shape (batch, seq_len) with batch >= 1 and seq_len >= 1, "
-                             f"got {tuple(idx.shape)}")
+    def _embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, T, C), with the lookup's own range check turned into an error that names the id.
+
+        On a CPU the lookup raises IndexError for an id outside the vocabulary, so the ids are read only then.
+        On a GPU a bad id is a device-side assert that ends the process, so there they are read first, every call.
+        """
+        if not idx.is_cpu:
+            self._check_token_ids(idx)
+        try:
+            return self.wte(idx)
+        except IndexError:
+            self._check_token_ids(idx)  # names the bad id
+            raise
+
+    def _check_input(self, idx: torch.Tensor, past: int, attention_mask: torch.Tensor | None = None, *,
+                     token_ids: bool = False) -> None:
+        """Clear errors for what PyTorch would report cryptically (or not at all); O(1) unless `token_ids`."""
+        check_tensor("idx", idx, dim=2, dtypes=(torch.int64, torch.int32),
+                     what="a (batch, seq_len) tensor of token ids")
+        if idx.numel() == 0:
+            raise ValueError(f"idx must hold at least one row and one token, got shape {tuple(idx.shape)}")
         if past + idx.shape[1] > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + idx.shape[1]} tokens ({past} cached + {idx.shape[1]} new) "
                              f"exceeds max_seq_len={self.config.max_seq_len}")
-        low, high = int(idx.min()), int(idx.max())
-        if low < 0 or high >= self.config.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"token id {bad} is out of range: ids must be in 0..{self.config.vocab_size - 1}")
-        if attention_mask is not None:
-            if not isinstance(attention_mask, torch.Tensor):
+        if token_ids:
+            self._check_token_ids(idx)
+        if attention_mask is not None:  # chapter 9's padded batches
+            if not isinstance(attention_mask, torch.Tensor):  # the type's name only: the mask may be long
                 raise TypeError(f"attention_mask must be a torch.Tensor of 1s and 0s, "
                                 f"got {type(attention_mask).__name__}")
             expected = (idx.shape[0], past + idx.shape[1])
@@ -223,7 +197,30 @@ class TinyGPT(nn.Module):
             if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
                 raise ValueError("attention_mask must hold only 1 (real token) and 0 (padding)")
 
+    def _check_token_ids(self, idx: torch.Tensor) -> None:
+        """Every id in 0..vocab_size-1: one pass over `idx`, so it runs where ids enter, not on every decode step."""
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"token id {low if low < 0 else high} in idx is out of range: "
+                             f"ids must be in 0..{self.config.vocab_size - 1}")
+
     @property
     def n_params(self) -> int:
         """Parameters, counting the tied embedding once."""
         return sum(p.numel() for p in self.parameters())
+
+
+# --- the weights' layout in memory: a CPU speed-up that changes no number ---
+
+def conv1d_layout(model: nn.Module) -> nn.Module:
+    """Lay out every Linear weight of `model` in memory as its transpose, the way GPT-2's Conv1D stores it.
+
+    Why: a decode step multiplies one vector by every weight matrix, and CPU BLAS streams this (in, out) layout
+    faster than PyTorch's default (out, in) for that matrix-vector product (measured: benchmarks/README.md,
+    figure 2b). Each weight keeps its (out, in) shape and its values, so every result is unchanged. Weights loaded
+    later with ``load_state_dict`` are copied into these tensors and keep the layout (so does the hello model).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.data = module.weight.data.t().contiguous().t()  # same (out, in) tensor, (in, out) in memory
+    return model

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_type
+
 __all__ = ["CharTokenizer"]
 
 
@@ -11,7 +13,8 @@ class CharTokenizer:
     """Maps each character of a fixed alphabet to an id (its index in `chars`) and back."""
 
     def __init__(self, chars: str) -> None:
-        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+        check_type("chars", chars, str, "a string")
+        if not chars or len(set(chars)) != len(chars):
             raise ValueError(f"chars must be a non-empty string of distinct characters, got {chars!r}")
         self.chars = chars
         self.stoi = {ch: i for i, ch in enumerate(chars)}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .checks import check_type
 from .corpus import make_corpus
 from .hello import HELLO_CONFIG, HELLO_WEIGHTS
 from .model import GPTConfig, TinyGPT
@@ -102,8 +103,7 @@ def mean_pool_kv_heads(model: TinyGPT, n_kv_head: int) -> TinyGPT:
     ``n_head / n_kv_head`` heads it replaces. Without further training the model loses quality, because the heads
     of a group did not compute the same keys; the chapter measures how much.
     """
-    if not isinstance(model, TinyGPT):
-        raise TypeError(f"model must be a kvlab.TinyGPT, got {type(model).__name__}")
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
     old = model.config
     if old.n_kv_head != old.n_head:
         raise ValueError(f"model must be multi-head (n_kv_head == n_head), got n_kv_head={old.n_kv_head}, "

@@ -166,9 +166,9 @@ def test_trace_chooses_generates_tokens_and_reports_true_probabilities(seed, pro
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(idx=torch.tensor([[1, 2], [3, 4]])), "idx must have batch size 1, got 2"),
-    (dict(top=0), "top must be an int in 1..vocab_size=37, got 0"),
-    (dict(top=38), "top must be an int in 1..vocab_size=37, got 38"),
-    (dict(max_new_tokens=0), "max_new_tokens must be an int >= 1, got 0"),
+    (dict(top=0), "top must be an int in 1..37, got 0"),
+    (dict(top=38), "top must be an int in 1..37, got 38"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(max_new_tokens=63), "exceeds max_seq_len=64"),
     (dict(idx=torch.tensor([1, 2])), "idx must be a \\(batch, seq_len\\) tensor"),
 ])

@@ -81,7 +81,7 @@ def test_expansion_equals_attention_property(seed, kv_choice, seq_len):
     idx = torch.randint(0, model.config.vocab_size, (1, seq_len), generator=torch.Generator().manual_seed(seed))
     layer, head = seed % model.config.n_layer, seed % n_head
     trace = trace_attention(model, idx, layer, head)
-    reference = kvlab.model.attention(trace.q[None, None], trace.k[None, None], trace.v[None, None])[0, 0]
+    reference = kvlab.masks.attention(trace.q[None, None], trace.k[None, None], trace.v[None, None])[0, 0]
     assert torch.allclose(trace.output, reference, atol=1e-5)  # the model's output == the textbook formula
     for t in range(1, seq_len + 1):
         assert torch.allclose(expand_attention_step(trace, t).output, trace.output[t - 1].double(), atol=1e-5)
@@ -221,11 +221,12 @@ def test_cache_step_figure_redraws_into_given_axes():
     plt.close(fig)
 
 
-@pytest.mark.parametrize("t,T", [(-1, 4), (5, 4), (1.0, 4), (1, 0), (True, 4)])
-def test_cache_step_rejects_bad_steps(t, T):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("t, T, error", [(-1, 4, ValueError), (5, 4, ValueError), (1.0, 4, TypeError),
+                                         (1, 0, ValueError), (True, 4, TypeError)])
+def test_cache_step_rejects_bad_steps(t, T, error):
+    with pytest.raises(error):
         plots.plot_cache_step(t, T)
-    with pytest.raises(ValueError):
+    with pytest.raises(error, match="seq_len" if T == 0 else "t must be an int"):
         cache_step_grid(t, T, True)
     plt.close("all")
 
@@ -313,11 +314,11 @@ def test_format_vectors():
 def test_trace_rejects_bad_input(hello):
     model, tokenizer = hello
     idx = tokenizer.encode_batch("hell")
-    for bad_layer in (-1, 4, 1.0, True, None):
-        with pytest.raises(ValueError, match="layer must be an int in 0..3"):
+    for bad_layer, error in ((-1, ValueError), (4, ValueError), (1.0, TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(error, match="layer must be an int in 0..3"):
             trace_attention(model, idx, bad_layer, 0)
-    for bad_head in (-1, 4, "0"):
-        with pytest.raises(ValueError, match="head must be an int in 0..3"):
+    for bad_head, error in ((-1, ValueError), (4, ValueError), ("0", TypeError)):
+        with pytest.raises(error, match="head must be an int in 0..3"):
             trace_attention(model, idx, 0, bad_head)
     with pytest.raises(ValueError, match=r"\(1, seq_len\)"):
         trace_attention(model, idx.repeat(2, 1), 0, 0)
@@ -330,8 +331,8 @@ def test_trace_rejects_bad_input(hello):
 def test_expand_rejects_bad_input(hello):
     model, tokenizer = hello
     trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
-    for bad_t in (0, 5, 2.0, True):
-        with pytest.raises(ValueError, match="t must be an int in 1..4"):
+    for bad_t, error in ((0, ValueError), (5, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="t must be an int in 1..4"):
             expand_attention_step(trace, bad_t)
     with pytest.raises(TypeError, match="AttentionTrace"):
         expand_attention_step(trace.q, 1)
@@ -342,10 +343,10 @@ def test_perturbation_and_helpers_reject_bad_input(hello):
     model, tokenizer = hello
     idx = tokenizer.encode_batch("hell")
     kwargs = dict(tensor="q", positions=[1])
-    with pytest.raises(ValueError, match="tensor must be 'q', 'k' or 'v'"):
+    with pytest.raises(ValueError, match="tensor must be one of 'q', 'k', 'v'"):
         trace_with_perturbation(model, idx, 0, 0, tensor="x", positions=[1])
-    for positions in ([0], [5], [1.5]):
-        with pytest.raises(ValueError, match="each position must be an int in 1..4"):
+    for positions, error in (([0], ValueError), ([5], ValueError), ([1.5], TypeError)):
+        with pytest.raises(error, match="each position must be an int in 1..4"):
             trace_with_perturbation(model, idx, 0, 0, tensor="k", positions=positions)
     with pytest.raises(ValueError, match="at least one position"):
         trace_with_perturbation(model, idx, 0, 0, tensor="k", positions=[])
@@ -353,6 +354,8 @@ def test_perturbation_and_helpers_reject_bad_input(hello):
         trace_with_perturbation(model, idx, 0, 0, scale=float("nan"), **kwargs)
     with pytest.raises(ValueError, match="seed must be an int >= 0"):
         trace_with_perturbation(model, idx, 0, 0, seed=-1, **kwargs)
+    with pytest.raises(ValueError, match="layer must be an int in 0..3"):
+        trace_with_perturbation(model, idx, 4, 0, **kwargs)
     with pytest.raises(ValueError, match="head must be an int"):
         trace_with_perturbation(model, idx, 0, 9, **kwargs)
     with pytest.raises(TypeError, match="TinyGPT"):
@@ -363,7 +366,7 @@ def test_perturbation_and_helpers_reject_bad_input(hello):
         output_change(a, b)
     with pytest.raises(TypeError, match="AttentionTrace"):
         output_change(a, a.output)
-    with pytest.raises(ValueError, match="at least 2 token ids"):
+    with pytest.raises(ValueError, match="seq_len >= 2"):
         kv_prefix_change(model, idx[:, :1])
     with pytest.raises(TypeError, match="TinyGPT"):
         kv_prefix_change(object(), idx)
@@ -371,5 +374,5 @@ def test_perturbation_and_helpers_reject_bad_input(hello):
         format_vectors(torch.ones(2, 3), ["a"])
     with pytest.raises(ValueError, match="digits must be an int >= 0"):
         format_vectors(torch.ones(1, 3), ["a"], digits=-1)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match="rows must be a 2-D tensor"):
         format_vectors(torch.ones(3), ["a"])

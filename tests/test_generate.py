@@ -77,17 +77,31 @@ def test_stats_time_every_token():
     assert stats.total_s == pytest.approx(stats.prefill_s + sum(stats.decode_s))
     assert stats.tokens_per_s == pytest.approx(9 / stats.total_s)
     assert stats.time_per_output_token_s == pytest.approx(sum(stats.decode_s) / 8)
-    same_tokens, _ = kvlab.generate_with_stats(model, torch.tensor([[1, 2, 3, 4]]), 9)
-    assert torch.equal(tokens, same_tokens)
+    same_tokens, same_stats = kvlab.generate_with_stats(model, torch.tensor([[1, 2, 3, 4]]), 9)
+    assert torch.equal(tokens, same_tokens) and (same_stats.prompt_len, same_stats.new_tokens) == (4, 9)
+    assert torch.equal(kvlab.generate(model, torch.tensor([[1, 2, 3, 4]]), 9), tokens)  # the same loop, untimed
+
+
+def test_stats_count_only_the_tokens_made_before_eos(hello):
+    model, tok = hello
+    tokens, stats = kvlab.generate(model, tok.encode_batch("h"), 50, eos_id=tok.stoi["\n"], return_stats=True)
+    assert stats.new_tokens == tokens.shape[1] - 1 == len(stats.decode_s) + 1 < 50
+
+
+def test_stats_from_the_clock_by_hand():
+    stats = kvlab.GenerationStats.from_clock(5, [10.0, 10.5, 10.75, 11.0])
+    assert (stats.prompt_len, stats.new_tokens, stats.prefill_s, stats.decode_s) == (5, 3, 0.5, [0.25, 0.25])
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(max_new_tokens=0), ValueError, "max_new_tokens must be an int >= 1, got 0"),
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
     (dict(max_new_tokens=61), ValueError, "prompt \\(4\\) \\+ max_new_tokens \\(61\\) = 65 exceeds max_seq_len=64"),
-    (dict(temperature=-1.0), ValueError, "temperature must be a finite number >= 0 .* got -1.0"),
-    (dict(temperature=1.0, top_k=0), ValueError, "top_k must be None or an int >= 1, got 0"),
-    (dict(use_cache=False, cache=kvlab.DynamicCache()), ValueError, "a cache was passed with use_cache=False"),
-    (dict(idx=torch.tensor([1, 2, 3, 4])), ValueError, "got \\(4,\\); use idx\\[None\\]"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(temperature=1.0, top_k=0), ValueError, "top_k"),
+    (dict(use_cache=False, cache=kvlab.DynamicCache()), ValueError, "use_cache=False"),
+    (dict(idx=torch.tensor([1, 2, 3, 4])), ValueError, "idx must be a \\(batch, seq_len\\) tensor"),
+    (dict(idx=torch.tensor([[1, 99]])), ValueError, "token id 99"),
+    (dict(idx=[[1, 2]]), TypeError, "idx"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, error, message):
     model = random_model()
@@ -109,40 +123,41 @@ def test_reusing_a_cache_for_another_prompt_is_an_error_not_a_wrong_continuation
     model = random_model(seed=3)
     cache = kvlab.DynamicCache()
     first = kvlab.generate(model, torch.tensor([[1, 2, 3]]), 3, cache=cache)  # the cache now holds 5 tokens
-    with pytest.raises(ValueError, match="the cache holds 5 tokens of another sequence"):
+    with pytest.raises(ValueError, match="the cache holds 5 tokens that idx .* does not continue"):
         kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10]]), 2, cache=cache)
     longer = kvlab.generate(model, first, 2, cache=cache)  # continuing the same text reuses the prefix
     assert torch.equal(longer, kvlab.generate(model, first, 2))
     cache.reset()
     kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10]]), 2, cache=cache)  # after reset anything goes
-    with pytest.raises(ValueError, match="another sequence"):  # a different batch size is another sequence too
+    with pytest.raises(ValueError, match="does not continue"):  # a different batch size is another sequence too
         kvlab.generate(model, torch.tensor([[4, 5, 6, 7, 8, 9, 10, 11, 12]] * 2), 2, cache=cache)
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(eos_id=37), ValueError, r"eos_id must be None or a token id in 0..36, got 37"),
-    (dict(eos_id=-1), ValueError, r"eos_id must be None or a token id in 0..36, got -1"),
-    (dict(eos_id=True), ValueError, r"eos_id must be None or a token id"),
-    (dict(temperature=float("nan")), ValueError, r"temperature must be a finite number >= 0"),
-    (dict(temperature=float("inf")), ValueError, r"temperature must be a finite number >= 0"),
-    (dict(temperature=True), ValueError, r"temperature must be a finite number >= 0"),
-    (dict(temperature=1.0, top_k=True), ValueError, r"top_k must be None or an int >= 1, got True"),
-    (dict(cache=kvlab.DynamicCache), TypeError, r"cache must be a kvlab Cache instance"),
+    (dict(eos_id=37), ValueError, r"eos_id .* 0..36, got 37"),
+    (dict(eos_id=-1), ValueError, r"eos_id .* 0..36, got -1"),
+    (dict(eos_id=True), TypeError, r"eos_id"),
+    (dict(temperature=float("nan")), ValueError, r"temperature"),
+    (dict(temperature=float("inf")), ValueError, r"temperature"),
+    (dict(temperature=True), TypeError, r"temperature"),
+    (dict(temperature=1.0, top_k=True), TypeError, r"top_k"),
+    (dict(cache=kvlab.DynamicCache), TypeError, r"cache must be a kvlab Cache instance .* got the class"),
     (dict(cache={}), TypeError, r"cache must be a kvlab Cache instance .* got \{\}"),
+    (dict(cache=kvlab.DynamicCache(), max_new_tokens=1, idx=torch.tensor([[1, 2]])), ValueError, r"cache holds"),
 ])
 def test_generate_rejects_bad_sampling_eos_and_cache(kwargs, error, message):
     model = random_model()
+    if "idx" in kwargs:  # a cache already holding the whole prompt: nothing is left to feed it
+        kwargs.pop("idx")
+        model(torch.tensor([[1, 2]]), kwargs["cache"])
     with pytest.raises(error, match=message):
-        kvlab.generate(model, torch.tensor([[1, 2]]), 3, **kwargs)
+        kvlab.generate(model, torch.tensor([[1, 2]]), kwargs.pop("max_new_tokens", 3), **kwargs)
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), -1.0),
-     "temperature must be a finite number >= 0"),
-    (lambda: sample_next_token(torch.tensor([5.0, 0, 0])),
-     r"logits must be a \(batch, vocab_size\) tensor, got \(3,\)"),
-    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), 1.0, 0),
-     "top_k must be None or an int >= 1, got 0"),
+    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), -1.0), "temperature"),
+    (lambda: sample_next_token(torch.tensor([5.0, 0, 0])), r"logits must be a \(batch, vocab_size\) tensor"),
+    (lambda: sample_next_token(torch.tensor([[5.0, 0, 0]]), 1.0, 0), "top_k"),
 ])
 def test_sample_next_token_checks_its_own_arguments(call, message):
     with pytest.raises(ValueError, match=message):
@@ -151,5 +166,5 @@ def test_sample_next_token_checks_its_own_arguments(call, message):
 
 def test_empty_batch_is_a_clear_error():
     model = random_model()
-    with pytest.raises(ValueError, match=r"batch >= 1 and seq_len >= 1, got \(0, 4\)"):
+    with pytest.raises(ValueError, match=r"idx must hold at least one row and one token, got shape \(0, 4\)"):
         model(torch.empty(0, 4, dtype=torch.long))
