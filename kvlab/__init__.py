@@ -6,8 +6,20 @@
     'hello'
 """
 
-from . import (attention_trace, cache, checks, compressed_cache, flops, hardware, lean_decode, memory, notebook, paged_cache,
-               quality, serving)
+from . import (
+    attention_trace,
+    cache,
+    checks,
+    compressed_cache,
+    flops,
+    hardware,
+    lean_decode,
+    memory,
+    notebook,
+    paged_cache,
+    quality,
+    serving,
+)
 from .cache import Cache, DynamicCache, StaticCache
 from .generate import GenerationStats, beam_search, generate, generate_with_stats
 from .hello import load_hello_model

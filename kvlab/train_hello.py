@@ -114,11 +114,13 @@ def mean_pool_kv_heads(model: TinyGPT, n_kv_head: int) -> TinyGPT:
     config = GPTConfig(**{**asdict(old), "n_kv_head": n_kv_head})
     group, D, C = old.n_head // n_kv_head, old.head_dim, old.d_model
     state = {name: t.clone() for name, t in model.state_dict().items()}
+    def pool(t: torch.Tensor) -> torch.Tensor:  # average each group of `group` heads (D rows each) into one
+        return t.reshape(n_kv_head, group, D, *t.shape[1:]).mean(dim=1).reshape(n_kv_head * D, *t.shape[1:])
+
     for i in range(old.n_layer):
         for kind in ("weight", "bias"):
             name = f"blocks.{i}.attn.qkv.{kind}"
             q, k, v = state[name].split(C, dim=0)  # rows: (C, ...) each, heads stacked by D rows
-            pool = lambda t: t.reshape(n_kv_head, group, D, *t.shape[1:]).mean(dim=1).reshape(n_kv_head * D, *t.shape[1:])
             state[name] = torch.cat([q, pool(k), pool(v)], dim=0)
     pooled = TinyGPT(config)
     pooled.load_state_dict(state)

@@ -61,7 +61,8 @@ def run(notebook: Path) -> None:
     """Execute top to bottom in a fresh kernel, from the notebook's folder (as nbval and learners do)."""
     nb = nbformat.read(notebook, as_version=4)
     start = time.perf_counter()
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    resources = {"metadata": {"path": str(notebook.parent)}}
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
     nb.metadata.pop("widgets", None)  # widget state differs run to run; the live kernel rebuilds it
     nbformat.write(nb, notebook)
     print(f"executed {notebook} in {time.perf_counter() - start:.1f} s")

@@ -35,11 +35,20 @@ import time
 import torch
 
 from ..checks import check_int, check_one_of, check_type
-from .figures import (BENCH_MODELS, compare_with_transformers, decode_step_seconds, decode_weight_bytes,
-                      figure1_cache_speedup, figure2_vs_transformers, figure3_latency_at_depth,
-                      figure4_machine_ceilings, figure5_batch_sweep, kernel_floor_seconds, make_model)
-from .report import (TARGETS, check_targets, closing_note, format_table, load_results, plot_benchmark,
-                     save_results)
+from .figures import (
+    BENCH_MODELS,
+    compare_with_transformers,
+    decode_step_seconds,
+    decode_weight_bytes,
+    figure1_cache_speedup,
+    figure2_vs_transformers,
+    figure3_latency_at_depth,
+    figure4_machine_ceilings,
+    figure5_batch_sweep,
+    kernel_floor_seconds,
+    make_model,
+)
+from .report import TARGETS, check_targets, closing_note, format_table, load_results, plot_benchmark, save_results
 from .results import PLANS, BenchPlan, BenchResults, Details, Figure2, Machine, ModelInfo
 
 __all__ = ["run_benchmarks", "BenchResults", "BenchPlan", "PLANS", "BENCH_MODELS", "TARGETS", "DEFAULT_OUT",
