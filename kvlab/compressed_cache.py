@@ -443,7 +443,7 @@ def received_attention(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Attention weight each key receives from the new queries, summed over queries and over each K/V head's group.
 
     `q` (B, H, T_new, D) are the queries of the last T_new tokens, `keys` (B, H_kv, T_all, D) every key they may look
-    at, the new ones last (the causal mask of `kvlab.model.causal_mask`). Returns (B, H_kv, T_all).
+    at, the new ones last (the causal mask of `kvlab.masks.causal_mask`). Returns (B, H_kv, T_all).
     """
     B, H, T_new, D = q.shape
     H_kv, T_all = keys.shape[1], keys.shape[2]

@@ -37,9 +37,9 @@ def time_generation(model: TinyGPT, prompt_len: int, n_new: int, *, use_cache: b
     """Time greedy generation of `n_new` tokens after a random prompt of `prompt_len` tokens, robustly.
 
     Runs `warmup` untimed generations (the first call pays one-off costs: memory allocation, kernel selection),
-    then `repeats` timed ones through kvlab's one timing path, `generate_with_stats`. Returns a `GenerationStats`
-    whose `prefill_s` (time to first token) and each `decode_s[i]` are the *median* over the repeats of that
-    step, so a step slowed down by another process moves the result less than it would move a mean.
+    then `repeats` timed ones through kvlab's one timing path, `generate(..., return_stats=True)`. Returns a
+    `GenerationStats` whose `prefill_s` (time to first token) and each `decode_s[i]` are the *median* over the
+    repeats of that step, so a step slowed down by another process moves the result less than it would move a mean.
 
     `num_threads` sets PyTorch's CPU threads for the measurement only (None keeps the current setting). For models
     as small as the course's, one thread is usually fastest (more threads mostly add synchronisation) and far
@@ -428,7 +428,7 @@ class PhaseTimes:
 
 def time_phases(model: TinyGPT, prompt_len: int, batch_size: int = 1, n_decode: int = 8, repeats: int = 3,
                 warmup: int = 1, seed: int = 0) -> PhaseTimes:
-    """Time prefill and decode of `model` with `time_generation` (so through `kvlab.generate_with_stats`).
+    """Time prefill and decode of `model` with `time_generation` (so through `kvlab.generate(..., return_stats=True)`).
 
     Each run generates ``n_decode + 1`` greedy tokens after `batch_size` random prompts of `prompt_len` tokens:
     the first token ends the prefill, the other `n_decode` are decode steps. `prefill_s` is the median over

@@ -6,7 +6,7 @@ A server answers many requests at once, because one forward over a batch of B ro
 **Rows have different lengths.** A tensor is rectangular, so shorter prompts are *padded* to the longest. Padding
 must change nothing: `pad_left` puts it on the left and records an attention mask (1 = real token, 0 = padding,
 Hugging Face's convention), and `TinyGPT.forward(idx, cache, attention_mask)` hides the padding from attention and
-does not count it as a position (`kvlab.model.padding_mask`). `generate_batch` then gives every row exactly the
+does not count it as a position (`kvlab.masks.padding_mask`). `generate_batch` then gives every row exactly the
 tokens it gets alone. (Production servers go further and drop padding altogether: continuous batching packs the
 requests' tokens into one ragged batch and uses attention kernels that take a length per sequence.)
 

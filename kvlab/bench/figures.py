@@ -121,11 +121,11 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
     """Median seconds of one decode step of `model` while its cache holds `position` (+ up to n_steps) tokens.
 
     Each repetition fills a fresh cache (``"static"`` or ``"dynamic"``) with `position` tokens (`_filled_cache`)
-    and continues `batch_size` random sequences greedily through `kvlab.generate_with_stats`: its first step feeds
-    the token at `position` and is set aside, the next `n_steps` are decode steps at positions position + 1 ...
-    position + n_steps. ``cache="lean"`` runs the same steps with `kvlab.lean_decode.lean_forward` over its own
-    pre-allocated buffers (`_lean_decode_steps`). The median is over all of those steps of all repetitions (after
-    `warmup` untimed ones).
+    and continues `batch_size` random sequences greedily through `kvlab.generate(..., return_stats=True)`: its first
+    step feeds the token at `position` and is set aside, the next `n_steps` are decode steps at positions
+    position + 1 ... position + n_steps. ``cache="lean"`` runs the same steps with
+    `kvlab.lean_decode.lean_forward` over its own pre-allocated buffers (`_lean_decode_steps`). The median is over
+    all of those steps of all repetitions (after `warmup` untimed ones).
     """
     check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
     check_one_of("cache", cache, ("static", "dynamic", "lean"))
