@@ -22,7 +22,7 @@ def check_entries(name: str, value, what: str) -> dict:
 
 
 def check_values(name: str, given, *, minimum: float = 0, inclusive: bool = False, integer: bool = False,
-           length: int | None = None) -> list:
+                 length: int | None = None) -> list:
     """`given` as a list of checked numbers: finite and > `minimum` (>= if `inclusive`), ints if `integer`.
 
     With `length`, there must be exactly that many (one per length of the x axis); without, at least one.
