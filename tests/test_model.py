@@ -150,6 +150,42 @@ def test_cache_overflowing_max_seq_len_is_an_error():
         model(torch.zeros(1, 1, dtype=torch.long), cache)
 
 
+# --- chapter 06: kv cache memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 2), (4, 1), (6, 2)])
+def test_grouped_query_attention_equals_multi_head_with_each_kv_head_repeated(n_head, n_kv_head):
+    """Query head h reads K/V head h // (n_head // n_kv_head), as transformers' `repeat_kv` does.
+
+    Built independently of the model's own grouping: a multi-head model whose K and V projections are the GQA
+    model's, each head's rows repeated for its group (heads 0, 0, 1, 1 for 4 over 2), must give the same logits,
+    with and without a cache. Cached == uncached alone cannot see a wrong grouping (e.g. `repeat` in place of
+    `repeat_interleave`): both paths would share it.
+    """
+    gqa = random_model(3, n_head=n_head, n_kv_head=n_kv_head, d_model=8 * n_head)
+    config = gqa.config
+    mha = kvlab.TinyGPT(kvlab.GPTConfig(vocab_size=config.vocab_size, n_layer=config.n_layer, n_head=n_head,
+                                        d_model=config.d_model, max_seq_len=config.max_seq_len)).eval()
+    group, d, kv_dim = n_head // n_kv_head, config.d_model, n_kv_head * config.head_dim
+    state = gqa.state_dict()
+    for name, tensor in state.items():
+        if name.endswith("qkv.weight") or name.endswith("qkv.bias"):
+            q, k, v = tensor.split((d, kv_dim, kv_dim), dim=0)
+            per_head = (n_kv_head, config.head_dim) + tuple(tensor.shape[1:])
+            k, v = (t.reshape(per_head).repeat_interleave(group, dim=0).reshape((d,) + tuple(tensor.shape[1:]))
+                    for t in (k, v))
+            state[name] = torch.cat([q, k, v], dim=0)
+    mha.load_state_dict(state)
+    idx = torch.randint(config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = mha(idx)
+        torch.testing.assert_close(gqa(idx), expected, **TOL)
+        cache = kvlab.DynamicCache()
+        cached = torch.cat([gqa(idx[:, :5], cache), gqa(idx[:, 5:6], cache), gqa(idx[:, 6:], cache)], dim=1)
+    torch.testing.assert_close(cached, expected, **TOL)
+    assert cache.keys[0].shape[1] == n_kv_head  # the cache holds the unrepeated heads
+
+
 # --- chapter 09: serving many requests -------------------------------------------------------------------------------
 
 
