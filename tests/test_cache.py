@@ -105,14 +105,6 @@ def test_static_reorder_copies_two_whole_buffers(hello):
     assert counting.copied_bytes - before == 2 * (2 * 4 * 3 * 64 * 20 * 4) == 245_760
 
 
-def test_reorder_cache_demo_rows():
-    demo = kvlab.DynamicCache()
-    keys = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 4, 2, 16)
-    demo.update(keys, keys, layer_idx=0)
-    demo.reorder_cache(torch.tensor([0, 0, 2]))
-    assert demo.keys[0][:, 0, 0, 0].tolist() == [0.0, 0.0, 2.0]
-
-
 # --- chapter 06: kv cache memory -------------------------------------------------------------------------------------
 
 

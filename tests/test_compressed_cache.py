@@ -343,7 +343,7 @@ def test_heavy_hitter_cache_stores_nothing_when_it_refuses_an_update(hello):
     model, tokenizer = hello
     idx = tokenizer.encode_batch("the cache trades")
     cache = HeavyHitterCache(8)
-    with pytest.raises(RuntimeError, match="run the model inside `with cache.attach\\(model\\):`"):
+    with pytest.raises(RuntimeError, match="cache.attach"):
         model(idx, cache)
     assert cache.get_seq_length() == 0 and cache.nbytes == 0
     with cache.attach(model), torch.inference_mode():

@@ -323,10 +323,10 @@ def test_shapes_that_do_not_divide_are_errors_not_rounded(fn):
     from kvlab.memory import ModelPreset
 
     uneven = ModelPreset("x", 2, 100, 3, 3, 10, 10, 10, "")  # d_model 100 over 3 heads
-    with pytest.raises(ValueError, match=r"config.d_model \(100\) must be divisible by config.n_head \(3\)"):
+    with pytest.raises(ValueError, match=r"config.d_model .* divisible by config.n_head"):
         fn(uneven)
     more_kv_heads = ModelPreset("y", 2, 96, 12, 24, 10, 10, 10, "")
-    with pytest.raises(ValueError, match=r"config.n_head \(12\) must be divisible by config.n_kv_head \(24\)"):
+    with pytest.raises(ValueError, match=r"config.n_head .* divisible by config.n_kv_head"):
         fn(more_kv_heads)
     with pytest.raises(TypeError, match="config"):
         fn("gpt2-small")

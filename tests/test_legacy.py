@@ -115,7 +115,7 @@ def test_stack_past_rejects_bad_input():
         legacy.stack_past(torch.zeros(2, 2, 1, 2, 3, 4))
     with pytest.raises(ValueError, match=r"presents\[0\] must be a \(key, value\) pair"):
         legacy.stack_past([(k,)])
-    with pytest.raises(ValueError, match=r"presents .* one shape, got shapes \[\(1, 2, 3, 4\), \(1, 2, 5, 4\)\]"):
+    with pytest.raises(ValueError, match=r"presents .* one shape"):
         legacy.stack_past([(k, k), (k, torch.zeros(1, 2, 5, 4))])
 
 
@@ -126,13 +126,13 @@ def test_legacy_forward_rejects_bad_input(hello):
         _, presents = legacy.legacy_forward(model, idx)
     with pytest.raises(TypeError, match="model must be a kvlab.TinyGPT, got Linear"):
         legacy.legacy_forward(torch.nn.Linear(2, 2), idx)
-    with pytest.raises(ValueError, match=r"past must hold one \(key, value\) pair per layer \(4\).* got 3 "):
+    with pytest.raises(ValueError, match=r"past .* per layer \(4\)"):
         legacy.legacy_forward(model, idx, presents[:3])
     with pytest.raises(ValueError, match=r"batch=2"):
         legacy.legacy_forward(model, idx.repeat(2, 1), presents)
     bad = list(presents)
     bad[2] = (presents[2][0][:, :, :1], presents[2][1])  # one layer shorter than the others
-    with pytest.raises(ValueError, match=r"past .* one shape, got shapes \[\(1, 4, 1, 16\), \(1, 4, 2, 16\)\]"):
+    with pytest.raises(ValueError, match=r"past .* one shape"):
         legacy.legacy_forward(model, idx, bad)
     with pytest.raises(ValueError, match="token id 99 "):
         legacy.legacy_forward(model, torch.tensor([[99]]))
@@ -140,7 +140,7 @@ def test_legacy_forward_rejects_bad_input(hello):
         legacy.legacy_forward(model, torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"exceeds max_seq_len=128"):
         legacy.legacy_forward(model, torch.zeros(1, 127, dtype=torch.long), presents)
-    with pytest.raises(TypeError, match=r"past must be one \(key, value\) pair per layer, got 3 \(int\)"):
+    with pytest.raises(TypeError, match=r"past .* per layer, got 3"):
         legacy.legacy_forward(model, idx, 3)
 
 
@@ -150,12 +150,12 @@ def test_legacy_generate_rejects_bad_lengths(hello):
         legacy.legacy_generate(model, tok.encode_batch("h"), 0)
     with pytest.raises(TypeError, match="model must be a kvlab.TinyGPT"):
         legacy.legacy_generate(torch.nn.Linear(2, 2), tok.encode_batch("h"), 3)
-    with pytest.raises(ValueError, match=r"prompt \(1\) \+ max_new_tokens \(128\) = 129 exceeds max_seq_len=128"):
+    with pytest.raises(ValueError, match="exceeds max_seq_len=128"):
         legacy.legacy_generate(model, tok.encode_batch("h"), 128)
 
 
 def test_legacy_conversions_reject_bad_input():
-    with pytest.raises(TypeError, match="cache must be a kvlab.DynamicCache, got .*StaticCache"):
+    with pytest.raises(TypeError, match="cache must be a kvlab.DynamicCache"):
         legacy.to_legacy_cache(kvlab.StaticCache(random_model().config, 1, 4))
     with pytest.raises(ValueError, match="past must be a non-empty sequence"):
         legacy.from_legacy_cache([])

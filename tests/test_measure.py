@@ -119,7 +119,7 @@ def test_time_generation_takes_the_median_of_each_step(monkeypatch):
     (dict(warmup=-1), ValueError, "warmup"),
     (dict(batch_size=0), ValueError, "batch_size"),
     (dict(use_cache=1), TypeError, "use_cache"),
-    (dict(n_new=60), ValueError, "prompt_len \\(5\\) \\+ n_new \\(60\\) = 65 exceeds max_seq_len=64"),
+    (dict(n_new=60), ValueError, "exceeds max_seq_len=64"),
     (dict(num_threads=0), ValueError, "num_threads"),
     (dict(num_threads="2"), TypeError, "num_threads"),
 ])

@@ -121,7 +121,7 @@ def test_bad_inputs_raise_clear_errors():
         model(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="idx must be a \\(batch, seq_len\\) tensor"):
         model(torch.zeros(3, dtype=torch.long))
-    with pytest.raises(TypeError, match="idx must be .* got \\[\\[1, 2\\]\\] \\(list\\)"):
+    with pytest.raises(TypeError, match="idx .* \\(list\\)"):
         model([[1, 2]])
 
 
@@ -146,7 +146,7 @@ def test_cache_overflowing_max_seq_len_is_an_error():
     model = random_model(max_seq_len=8)
     cache = kvlab.DynamicCache()
     model(torch.zeros(1, 8, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="\\(8 cached \\+ 1 new\\) exceeds max_seq_len=8"):
+    with pytest.raises(ValueError, match="exceeds max_seq_len=8"):
         model(torch.zeros(1, 1, dtype=torch.long), cache)
 
 
@@ -242,11 +242,10 @@ def test_the_default_path_is_unchanged_by_the_mask_argument(hello):
 
 
 @pytest.mark.parametrize("make_mask, error, message", [
-    (lambda: torch.ones(2, 4), ValueError, r"attention_mask must have shape \(batch, cached \+ new\) = \(2, 5\), "
-                                           r"got \(2, 4\)"),
+    (lambda: torch.ones(2, 4), ValueError, r"attention_mask .* = \(2, 5\), got \(2, 4\)"),
     (lambda: torch.ones(1, 5), ValueError, r"= \(2, 5\), got \(1, 5\)"),
     (lambda: torch.full((2, 5), 2), ValueError, "only 1 \\(real token\\) and 0 \\(padding\\)"),
-    (lambda: [[1] * 5] * 2, TypeError, "attention_mask must be a torch.Tensor of 1s and 0s, got list"),
+    (lambda: [[1] * 5] * 2, TypeError, "attention_mask .* got list"),
 ])
 def test_bad_attention_masks_raise(make_mask, error, message):
     model = random_model()
@@ -268,5 +267,5 @@ def test_model_names_a_mask_that_does_not_cover_the_keys():
     idx = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.inference_mode():
         model(idx, cache)  # the cache keeps 4 of 6 tokens
-        with pytest.raises(ValueError, match="attention_mask covers 7 tokens but the cache returned 5 keys"):
+        with pytest.raises(ValueError, match="attention_mask covers 7 tokens"):
             model(idx[:, -1:], cache, torch.ones(1, 7, dtype=torch.long))
