@@ -1,4 +1,6 @@
-"""Tests of kvlab/attention_trace.py (kvlab/attention_trace/), in chapter order."""
+"""kvlab.attention_trace (chapter 02): the attention sums written out by hand equal the model's own, K/V rows never
+change as the text grows, the newest row needs only the newest query; and clear errors for bad input.
+"""
 
 import copy
 

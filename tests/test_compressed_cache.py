@@ -1,4 +1,8 @@
-"""Tests of kvlab/compressed_cache.py (kvlab/compressed_cache/), in chapter order."""
+"""kvlab.compressed_cache (chapter 08): quantised and evicting caches hold exactly what they claim.
+
+Bytes are counted by hand in the comments, never copied from a run. What every cache does is in
+test_cache_contract.py; this file holds what only a lossy cache does.
+"""
 
 from __future__ import annotations
 

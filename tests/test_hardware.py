@@ -1,4 +1,4 @@
-"""Tests of kvlab/hardware.py (kvlab/hardware/), in chapter order."""
+"""kvlab.hardware (chapter 05): GPU presets hold the published figures, and the roofline arithmetic by hand."""
 
 import ast
 import math

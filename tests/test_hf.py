@@ -1,4 +1,11 @@
-"""Tests of kvlab/hf.py (kvlab/hf/), in chapter order."""
+"""kvlab.hf (chapter 07): kvlab <-> transformers. Same logits, same tokens, same cache bytes; `import kvlab` stays
+light.
+
+Tests that need transformers skip without it (`pip install -e ".[hf]"`; the test extra installs it). Nothing here
+reaches the network: the environment is set offline before transformers is imported. Nothing here depends on a minor
+version of transformers 5 either (its source text, its log messages, which of its methods were renamed): the
+tests check behaviour, and read names from the installed package.
+"""
 
 import os
 import subprocess

@@ -1,4 +1,6 @@
-"""Tests of kvlab/legacy.py (kvlab/legacy/), in chapter order."""
+"""kvlab.legacy (chapter 03): the tuple-of-tensors past that transformers once used gives the cache path's logits
+and tokens, and refuses what it cannot represent.
+"""
 
 import pytest
 import torch

@@ -1,4 +1,7 @@
-"""Tests of kvlab/paged_cache.py (kvlab/paged_cache/), in chapter order."""
+"""kvlab.paged_cache (chapter 09): block pool, paged cache, prefix sharing with copy-on-write.
+
+The paged cache is lossless, so every test compares with a DynamicCache; byte counts are worked out by hand.
+"""
 
 import math
 

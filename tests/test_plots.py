@@ -1,4 +1,4 @@
-"""Tests of kvlab/plots.py (kvlab/plots/), in chapter order."""
+"""kvlab.plots, one section per chapter: each figure draws the numbers it is given, and bad input names the value."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of kvlab/quality.py (kvlab/quality/), in chapter order."""
+"""kvlab.quality (chapter 08): what a lossy cache costs, checked on caches that lose nothing and by hand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Tests of kvlab/serving.py (kvlab/serving/), in chapter order."""
+"""kvlab.serving (chapter 09): a padded batch gives each prompt's own logits, and the head-split cache shards heads.
+
+Every strategy is lossless, so every test compares with the plain path (a DynamicCache, or each prompt alone).
+"""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests of kvlab/widgets.py (kvlab/widgets/), in chapter order."""
+"""kvlab.widgets: each widget draws what the functions it wraps compute, and a bad setting gives a message."""
 
 from __future__ import annotations
 
