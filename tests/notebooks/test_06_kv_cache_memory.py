@@ -50,6 +50,15 @@ CLAIMS = [
 ]
 
 
+def test_gpt3_175b_batch16_seq1024_fp16_is_72_gib():
+    expected = 77_309_411_328
+    assert expected == 2 * 96 * 16 * 1024 * 12288 * 2  # K and V · layers · batch · seq · d_model · fp16
+    assert expected == 72 * memory.GIB
+    assert kv_cache_bytes(96, 16, 1024, 12288, memory.bytes_per_element("fp16")) == expected
+    assert memory.get_preset("gpt3-175b").kv_cache_bytes(16, 1024) == expected
+    assert memory.format_bytes(expected) == "72.0 GiB (77.3 GB)"
+
+
 def test_gpt3_cache_is_about_a_fifth_of_its_fp16_weights():
     gpt3 = memory.get_preset("gpt3-175b")
     assert gpt3.weight_bytes(2) == GPT3_WEIGHTS == 350 * 10**9
@@ -131,12 +140,3 @@ def test_notebook_prints_the_seed_example_and_the_checks():
     assert "format_bytes: 72.0 GiB (77.3 GB)" in printed
     assert "all equal: True" in printed and "False" not in printed.split("all equal")[0]
     assert "same text as the calculator: True" in printed
-
-
-def test_gpt3_175b_batch16_seq1024_fp16_is_72_gib():
-    expected = 77_309_411_328
-    assert expected == 2 * 96 * 16 * 1024 * 12288 * 2  # K and V · layers · batch · seq · d_model · fp16
-    assert expected == 72 * memory.GIB
-    assert kv_cache_bytes(96, 16, 1024, 12288, memory.bytes_per_element("fp16")) == expected
-    assert memory.get_preset("gpt3-175b").kv_cache_bytes(16, 1024) == expected
-    assert memory.format_bytes(expected) == "72.0 GiB (77.3 GB)"
