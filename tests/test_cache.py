@@ -1,10 +1,16 @@
 """DynamicCache and StaticCache: what only they do. What every cache does is in test_cache_contract.py."""
 
+from __future__ import annotations
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kvlab
-from conftest import random_model
+from kvlab import measure, memory
+from kvlab.memory import kv_cache_bytes
+from tests.helpers import random_model
 
 
 def _kv(batch=2, heads=4, tokens=3, dim=8, seed=0, dtype=torch.float32):
@@ -14,6 +20,12 @@ def _kv(batch=2, heads=4, tokens=3, dim=8, seed=0, dtype=torch.float32):
 
 def _config(n_layer=2):
     return kvlab.GPTConfig(vocab_size=10, n_layer=n_layer, n_head=4, d_model=32)
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --- chapter 03: building the cache ----------------------------------------------------------------------------------
 
 
 def test_static_cache_returns_views_of_its_buffer_not_copies():
@@ -70,3 +82,70 @@ def test_static_cache_reorder_needs_one_index_per_row():
     cache.update(*_kv(), 0)
     with pytest.raises(ValueError, match="one row for each"):
         cache.reorder_cache(torch.tensor([1]))
+
+
+def test_static_cache_memory_is_held_up_front(hello):
+    model, tok = hello
+    small, big = kvlab.DynamicCache(), kvlab.StaticCache(model.config, 1, model.config.max_seq_len)
+    for cache in (small, big):
+        kvlab.generate(model, tok.encode_batch("h"), 10, cache=cache)
+    assert small.get_seq_length() == big.get_seq_length() == 10
+    assert (small.nbytes, big.nbytes) == (2048 * 10, 2048 * 128) == (20_480, 262_144)
+    assert f"{big.nbytes / small.nbytes:.1f}" == "12.8"
+
+
+def test_static_reorder_copies_two_whole_buffers(hello):
+    model, tok = hello
+    counting = measure.CopyCountingCache(kvlab.StaticCache(model.config, batch_size=3, max_cache_len=20))
+    with torch.inference_mode():
+        model(tok.encode_batch("the ca").repeat(3, 1), counting)
+        before = counting.copied_bytes
+        counting.reorder_cache(torch.tensor([0, 0, 1]))
+    # index_select then copy_, each over every slot (filled or not) of every key and value buffer: exercise 3
+    assert counting.copied_bytes - before == 2 * (2 * 4 * 3 * 64 * 20 * 4) == 245_760
+
+
+# --- chapter 06: kv cache memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_hello_model_dynamic_cache_bytes_match_the_formula(hello, dtype):
+    model, tokenizer = hello
+    typed = kvlab.TinyGPT(model.config)
+    typed.load_state_dict(model.state_dict())
+    typed = typed.to(TORCH_DTYPES[dtype]).eval()
+    cache = kvlab.DynamicCache()
+    prompts = torch.cat([tokenizer.encode_batch(w) for w in ("the", "key")])
+    kvlab.generate(typed, prompts, max_new_tokens=4, cache=cache)
+    assert cache.get_seq_length() == 3 + 4 - 1  # the last new token is never fed back
+    c = model.config
+    expected = 2 * c.n_layer * 2 * 6 * c.d_model * memory.bytes_per_element(dtype)  # by hand
+    assert cache.nbytes == expected == kv_cache_bytes(c.n_layer, 2, 6, c.d_model, memory.bytes_per_element(dtype))
+    stacked = torch.stack([torch.stack([k, v]) for k, v in zip(cache.keys, cache.values)])
+    assert list(stacked.shape) == [c.n_layer, 2, 2, c.n_head, 6, c.head_dim]
+    assert stacked.nbytes == cache.nbytes
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_layer=st.integers(1, 3), n_kv_head=st.integers(1, 4), group=st.integers(1, 3), head_dim=st.integers(1, 8),
+       batch=st.integers(1, 3), max_len=st.integers(1, 20), dtype=st.sampled_from(sorted(TORCH_DTYPES)))
+def test_static_cache_bytes_match_the_formula(n_layer, n_kv_head, group, head_dim, batch, max_len, dtype):
+    n_head = n_kv_head * group
+    config = kvlab.GPTConfig(vocab_size=11, n_layer=n_layer, n_head=n_head, d_model=n_head * head_dim,
+                             n_kv_head=n_kv_head, max_seq_len=64)
+    cache = kvlab.StaticCache(config, batch_size=batch, max_cache_len=max_len, dtype=TORCH_DTYPES[dtype])
+    width = memory.bytes_per_element(dtype)
+    assert cache.nbytes == kv_cache_bytes(n_layer, batch, max_len, config.d_model, width, n_head=n_head,
+                                          n_kv_head=n_kv_head)
+    assert cache.nbytes == 2 * n_layer * batch * n_kv_head * max_len * head_dim * width
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2, 4])
+def test_gqa_dynamic_cache_after_generation_matches_the_formula(n_kv_head):
+    torch.manual_seed(0)
+    config = kvlab.GPTConfig(vocab_size=13, n_layer=2, n_head=4, d_model=32, n_kv_head=n_kv_head, max_seq_len=32)
+    model = kvlab.TinyGPT(config).eval()
+    cache = kvlab.DynamicCache()
+    kvlab.generate(model, torch.zeros(3, 5, dtype=torch.long), max_new_tokens=4, cache=cache)
+    assert cache.nbytes == kv_cache_bytes(2, 3, 8, 32, 4, n_head=4, n_kv_head=n_kv_head) == 2 * 2 * 3 * 8 * (
+        n_kv_head * 8) * 4

@@ -1,9 +1,14 @@
 """The README's GPU promise, checked where a GPU exists (skipped elsewhere: the course never needs one)."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 
 import kvlab
+from kvlab import quality
+from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
+from kvlab.hello import load_kv_head_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -11,6 +16,14 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 @pytest.fixture(scope="module")
 def hello_cuda():
     return kvlab.load_hello_model(device="cuda")
+
+
+@pytest.fixture(scope="module")
+def held_out(hello):
+    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
+    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
 
 
 def test_hello_on_gpu_all_ways(hello_cuda):
@@ -59,3 +72,26 @@ def test_lean_generate_on_gpu_gives_generates_tokens(hello_cuda):
     model16 = kvlab.load_hello_model(device="cuda")[0].to(torch.bfloat16)
     out16 = kvlab.lean_generate(model16, prompt, 20)
     assert out16.device.type == "cuda" and torch.equal(out16, kvlab.generate(model16, prompt, 20))
+
+
+# --- chapter 08: compressing the cache -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lossy_caches_on_cuda_match_cpu(hello, held_out):
+    model, _ = hello
+    tokens, _ = held_out
+    gpu_model = load_kv_head_model(4, device="cuda")[0]
+    makes = {"int8": lambda: QuantizedCache(8), "int4": lambda: QuantizedCache(4),
+             "window": lambda: SlidingWindowCache(16), "sink": lambda: SinkCache(16, 4),
+             "h2o": lambda: HeavyHitterCache(16)}
+    for name, make in makes.items():
+        cpu_cache, gpu_cache = make(), make()
+        cpu = quality.decode_token_by_token(model, tokens, cpu_cache)
+        gpu = quality.decode_token_by_token(gpu_model, tokens.cuda(), gpu_cache)
+        assert gpu.logits.device.type == "cuda" and gpu.peak_nbytes == cpu.peak_nbytes, name
+        agreement = (gpu.logits.cpu().argmax(-1) == cpu.logits.argmax(-1)).float().mean().item()
+        assert agreement >= 0.99, name
+        if name in ("window", "sink"):  # same positions held, same logits up to kernel rounding
+            assert torch.equal(gpu_cache.positions[0].cpu(), cpu_cache.positions[0])
+            torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, atol=1e-3, rtol=0)

@@ -1,16 +1,36 @@
 """The shipped hello model: small, safe to load, a real model, and reproducible from the training script."""
 
+from __future__ import annotations
+
 import pytest
 import torch
 
 import kvlab
+from kvlab import quality
 from kvlab.corpus import make_corpus
-from kvlab.hello import HELLO_WEIGHTS, load_model
-from kvlab.train_hello import save_model, train_hello_model
+from kvlab.hello import HELLO_CONFIG, HELLO_KV_HEAD_WEIGHTS, HELLO_WEIGHTS, load_kv_head_model, load_model
+from kvlab.train_hello import (
+    mean_pool_kv_heads,
+    save_kv_head_models,
+    save_model,
+    train_hello_model,
+    train_kv_head_models,
+)
 
 
 def _complete(model, tok, prompt, n):
     return tok.decode(kvlab.generate(model, tok.encode_batch(prompt), n)[0])
+
+
+@pytest.fixture(scope="module")
+def held_out(hello):
+    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
+    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
+
+
+# --- chapter 00: start here ------------------------------------------------------------------------------------------
 
 
 def test_h_becomes_hello(hello):
@@ -69,3 +89,71 @@ def test_training_script_reproduces_a_hello_model(tmp_path):
     reloaded, reloaded_tok = load_model(tmp_path / "hello.pt")
     assert _complete(reloaded, reloaded_tok, "h", 4) == "hello"
     assert _complete(reloaded, reloaded_tok, "the ca", 3) == "the cache"
+
+
+# --- chapter 08: compressing the cache -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n_kv_head", "ce"), [(2, 0.2517), (1, 0.2356)])
+def test_shipped_kv_head_models(hello, held_out, n_kv_head, ce):
+    model, tokenizer = load_kv_head_model(n_kv_head)
+    hello_model, hello_tokenizer = hello
+    tokens, _ = held_out
+    assert tokenizer.chars == hello_tokenizer.chars
+    expected = kvlab.GPTConfig(vocab_size=tokenizer.vocab_size, n_kv_head=n_kv_head, **HELLO_CONFIG)
+    assert model.config == expected
+    assert quality.cross_entropy(model, tokens) == pytest.approx(ce, abs=2e-3)  # the notebook's table
+    assert tokenizer.decode(kvlab.generate(model, tokenizer.encode_batch("h"), 4)[0]) == "hello"
+    run = quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
+    assert run.peak_nbytes == 2_097_152 * n_kv_head // 4  # exactly n_kv_head / n_head of the hello model's
+
+
+def test_kv_head_weights_are_small():
+    assert HELLO_KV_HEAD_WEIGHTS.stat().st_size < 2 * 10**6
+
+
+def test_load_kv_head_model_bad_input():
+    for bad in (3, 0, True, "2"):
+        with pytest.raises(ValueError, match="n_kv_head"):
+            load_kv_head_model(bad)
+
+
+def test_load_kv_head_model_4_is_the_hello_model(hello):
+    model, _ = load_kv_head_model(4)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), hello[0].state_dict().values()))
+
+
+def test_training_recipe_is_deterministic_and_saves(tmp_path):
+    first = train_kv_head_models(n_kv_heads=(2,), steps=3)
+    second = train_kv_head_models(n_kv_heads=(2,), steps=3)
+    model, tokenizer = first[2]
+    assert model.config.n_kv_head == 2
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), second[2][0].state_dict().values()))
+    save_kv_head_models(first, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert list(loaded) == [2] and loaded[2]["chars"] == tokenizer.chars
+
+
+def test_mean_pool_averages_each_groups_key_and_value_projections(hello):
+    model, _ = hello
+    same = mean_pool_kv_heads(model, 4)  # groups of one: nothing changes
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode():
+        torch.testing.assert_close(same(tokens), model(tokens))
+    pooled = mean_pool_kv_heads(model, 2)
+    assert pooled.config.n_kv_head == 2 and pooled.n_params == 193_216  # qkv loses 2 · 32 · (64 + 1) parameters
+    w, new = model.blocks[1].attn.qkv.weight, pooled.blocks[1].attn.qkv.weight  # rows: q (64), k (64), v (64)
+    torch.testing.assert_close(new[64:80], (w[64:80] + w[80:96]) / 2)  # K head 0 = mean of heads 0 and 1
+    torch.testing.assert_close(new[96 + 16:96 + 32], (w[128 + 32:128 + 48] + w[128 + 48:128 + 64]) / 2)  # V head 1
+    torch.testing.assert_close(new[:64], w[:64])  # queries untouched
+
+
+def test_mean_pool_bad_input(hello):
+    model, _ = hello
+    for bad in (3, 0, True):
+        with pytest.raises(ValueError, match="n_kv_head must divide n_head"):
+            mean_pool_kv_heads(model, bad)
+    with pytest.raises(ValueError, match="must be multi-head"):
+        mean_pool_kv_heads(mean_pool_kv_heads(model, 2), 1)
+    with pytest.raises(TypeError, match="kvlab.TinyGPT"):
+        mean_pool_kv_heads("model", 2)

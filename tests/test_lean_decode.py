@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 
 import kvlab
 from kvlab.lean_decode import layer_weights, lean_forward, lean_generate
-
-from conftest import random_model
+from tests.helpers import random_model
 
 
 def _empty_kv(model, batch_size, capacity):

@@ -7,6 +7,7 @@ neither torch nor numpy: the module, with the checks module it uses, promises to
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 MEMORY_PY = Path(__file__).resolve().parents[1] / "kvlab" / "memory.py"
@@ -32,19 +33,123 @@ def _load_memory_module(package: str = "_kvlab_alone"):
 
 
 memory = _load_memory_module()
+
+
 kv_cache_bytes = memory.kv_cache_bytes
 
 
-# --- the seed's worked examples, as literals ------------------------------------------------
+_GPT2 = memory.get_preset("gpt2-small")
 
 
-def test_gpt3_175b_batch16_seq1024_fp16_is_72_gib():
-    expected = 77_309_411_328
-    assert expected == 2 * 96 * 16 * 1024 * 12288 * 2  # K and V · layers · batch · seq · d_model · fp16
-    assert expected == 72 * memory.GIB
-    assert kv_cache_bytes(96, 16, 1024, 12288, memory.bytes_per_element("fp16")) == expected
-    assert memory.get_preset("gpt3-175b").kv_cache_bytes(16, 1024) == expected
-    assert memory.format_bytes(expected) == "72.0 GiB (77.3 GB)"
+sizes = st.integers(min_value=1, max_value=4096)
+
+
+counts = st.integers(min_value=0, max_value=10_000)
+
+
+widths = st.sampled_from(sorted(set(memory.DTYPE_BYTES.values())))
+
+
+_P = memory.get_preset("llama2-7b")
+
+
+_OK = dict(n_layer=32, d_model=4096, n_head=32, n_kv_head=8, batch_size=1, seq_len=1, gpu_gib=80, n_params=7)
+
+
+# --- chapter 06: kv cache memory -------------------------------------------------------------------------------------
+
+
+def test_tokens_to_outgrow_weights_on_exact_multiples():
+    p = memory.get_preset("llama2-7b")  # 524,288 bytes per token
+    assert memory.tokens_to_outgrow_weights(p, weight_bytes=0) == 1  # any token beats no weights
+    assert memory.tokens_to_outgrow_weights(p, weight_bytes=524_288 * 3) == 4  # 3 tokens only *equal* them
+    assert memory.tokens_to_outgrow_weights(p, weight_bytes=524_288 * 3 - 1) == 3
+    # int4 cache beside int4 weights: both shrink 4x, so the crossing stays (up to rounding of the weights)
+    assert memory.tokens_to_outgrow_weights(p, 0.5) == memory.tokens_to_outgrow_weights(p, 2) == 25_706
+    assert 25_705 * 524_288 < 13_476_831_232 < 25_706 * 524_288
+
+
+@settings(max_examples=60, deadline=None)
+@given(preset_id=st.sampled_from(sorted(memory.MODEL_PRESETS)), batch=st.integers(1, 64),
+       seq_len=st.integers(1, 40_000), dtype=st.sampled_from(sorted(memory.DTYPE_BYTES)),
+       gpu_gib=st.sampled_from([16, 24, 40, 80, 141]))  # the calculator's GPU sizes
+def test_report_limits_are_the_largest_that_fit(preset_id, batch, seq_len, dtype, gpu_gib):
+    p = memory.get_preset(preset_id)
+    r = memory.preset_report(p, batch, seq_len, dtype, gpu_gib=gpu_gib)
+    width = memory.bytes_per_element(dtype)
+
+    def fits(b, t):
+        return r.weight_bytes + p.kv_cache_bytes(b, t, width) <= r.gpu_bytes
+
+    assert r.cache_fits == fits(batch, seq_len)
+    assert r.weights_fit == (r.weight_bytes <= gpu_gib * memory.GIB)
+    assert r.max_tokens == memory.max_tokens_that_fit(p, r.gpu_bytes, width)
+    if r.weights_fit:
+        assert fits(batch, r.max_seq_len) and not fits(batch, r.max_seq_len + 1)
+        assert fits(r.max_batch_size, seq_len) and not fits(r.max_batch_size + 1, seq_len)
+        assert r.free_bytes + r.weight_bytes == r.gpu_bytes
+        assert math.isclose(r.cache_share_of_free, r.cache_bytes / r.free_bytes)
+    else:
+        assert r.max_tokens == r.free_bytes == 0 and r.cache_share_of_free == math.inf
+
+
+def test_report_with_zero_batch_or_length():
+    r = memory.preset_report("llama2-7b", 0, 0, gpu_gib=80)
+    assert r.cache_bytes == 0 and r.cache_fits and r.cache_share_of_free == 0
+    assert r.max_seq_len is None and r.max_batch_size is None
+    assert r.max_tokens == 138_134  # see tests/test_memory.py
+    assert "at batch" not in memory.format_report(r)
+
+
+def test_report_weight_dtype_defaults_to_the_cache_dtype():
+    assert memory.preset_report("llama2-7b", 1, 1, "int8", gpu_gib=16).weight_bytes == 6_738_415_616
+    r = memory.preset_report("llama2-7b", 1, 1, "int4", gpu_gib=16, weight_dtype="fp16")
+    assert r.weight_bytes == 2 * 6_738_415_616 and r.bytes_per_token == 524_288 // 4
+
+
+def test_report_gpu_gib_is_exact():
+    assert memory.memory_report(1, 8, None, None, 1, 1, gpu_gib=141, n_params=0).gpu_bytes == 141 * 2**30
+    assert memory.memory_report(1, 8, None, None, 1, 1, gpu_gib=0.5, n_params=0).gpu_bytes == 2**29
+    assert memory.memory_report(1, 8, None, None, 1, 1, gpu_gib=10**400, n_params=0).gpu_bytes == 10**400 * 2**30
+
+
+def test_format_report_text():
+    text = memory.format_report(memory.preset_report("gpt3-175b", 16, 1024, gpu_gib=80))
+    assert text.splitlines()[:3] == [
+        "GPT-3 175B (n_layer=96, d_model=12288, n_head=96, n_kv_head=96), batch 16, seq_len 1024, fp16",
+        "KV cache: 77,309,411,328 bytes = 72.0 GiB (77.3 GB)",
+        "per token: 4,718,592 bytes = 4.5 MiB (4.7 MB)",
+    ]
+    # 350e9 / (80 · 2**30) = 4.07: the weights alone take 407% of an 80 GiB GPU
+    assert text.splitlines()[-1] == ("does not fit: the weights alone need 407% of the GPU, "
+                                     "so no room is left for a KV cache")
+    assert memory.bytes_line(0) == "0 bytes = 0 B"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: memory.memory_report(**{**_OK, "gpu_gib": 0}), ValueError, "gpu_gib"),
+        (lambda: memory.memory_report(**{**_OK, "gpu_gib": float("nan")}), ValueError, "got nan"),
+        (lambda: memory.memory_report(**{**_OK, "gpu_gib": "80"}), TypeError, "gpu_gib"),
+        (lambda: memory.memory_report(**{**_OK, "n_params": -1}), ValueError, "n_params"),
+        (lambda: memory.memory_report(**{**_OK, "n_params": 7.0}), TypeError, "n_params"),
+        (lambda: memory.memory_report(**_OK, dtype="fp8"), ValueError, "dtype"),
+        (lambda: memory.memory_report(**_OK, weight_dtype="int2"), ValueError, "weight_dtype"),
+        (lambda: memory.memory_report(**{**_OK, "n_kv_head": 3}), ValueError, "n_head=32, n_kv_head=3"),
+        (lambda: memory.memory_report(**{**_OK, "seq_len": -1}), ValueError, "seq_len"),
+        (lambda: memory.memory_report(**_OK, name=3), TypeError, "name"),
+        (lambda: memory.preset_report("gpt5", 1, 1, gpu_gib=80), ValueError, "preset"),
+        (lambda: memory.preset_report(7, 1, 1, gpu_gib=80), TypeError, "preset"),
+        (lambda: memory.format_report("report"), TypeError, "report"),
+        (lambda: memory.tokens_to_outgrow_weights("llama2-7b"), TypeError, "preset"),
+        (lambda: memory.tokens_to_outgrow_weights(_P, weight_bytes=-1), ValueError, "weight_bytes"),
+        (lambda: memory.tokens_to_outgrow_weights(_P, 0), ValueError, "bytes_per_elem"),
+    ],
+)
+def test_report_and_preset_bad_input_raises_with_the_value(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()
 
 
 @pytest.mark.parametrize(
@@ -79,9 +184,6 @@ def test_max_tokens_that_fit_edges():
     assert memory.max_tokens_that_fit(preset, 10 * memory.GB) == 0  # 13.5 GB of weights do not fit
     assert memory.max_tokens_that_fit(preset, 524_288 * 5 + 7, weight_bytes=0) == 5
     assert memory.max_tokens_that_fit(preset, 524_288 * 5, weight_bytes=524_288) == 4
-
-
-# --- GQA, MQA and dtypes ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -132,9 +234,6 @@ def test_zero_batch_or_seq_len_is_zero_bytes():
     assert kv_cache_bytes(12, 8, 0, 768) == 0
 
 
-# --- presets ----------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("preset_id", list(memory.MODEL_PRESETS))
 def test_preset_shapes_are_consistent(preset_id):
     p = memory.MODEL_PRESETS[preset_id]
@@ -159,9 +258,6 @@ def test_weight_bytes_per_dtype():
     assert p.weight_bytes(0.5) == 62_219_904
 
 
-# --- format_bytes -----------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("n_bytes", "text"),
     [
@@ -175,11 +271,6 @@ def test_weight_bytes_per_dtype():
 )
 def test_format_bytes(n_bytes, text):
     assert memory.format_bytes(n_bytes) == text
-
-
-# --- bad input names the value ----------------------------------------------------------------
-
-_GPT2 = memory.get_preset("gpt2-small")
 
 
 @pytest.mark.parametrize(
@@ -208,13 +299,6 @@ def test_bad_input_raises_with_the_value(call, error, message):
         call()
 
 
-# --- properties -------------------------------------------------------------------------------
-
-sizes = st.integers(min_value=1, max_value=4096)
-counts = st.integers(min_value=0, max_value=10_000)
-widths = st.sampled_from(sorted(set(memory.DTYPE_BYTES.values())))
-
-
 @given(n_layer=sizes, batch=counts, seq_len=counts, hidden=sizes, bpe=widths)
 def test_linear_in_batch_and_seq_len(n_layer, batch, seq_len, hidden, bpe):
     f = kv_cache_bytes
@@ -234,9 +318,6 @@ def test_gqa_ratio_property(head_dim, n_kv_head, group, batch):
     assert mha == group * gqa
 
 
-# --- the module stays pure Python -------------------------------------------------------------
-
-
 def test_memory_module_imports_neither_torch_nor_numpy():
     script = (
         "import importlib, sys, types\n"
@@ -252,8 +333,6 @@ def test_memory_module_imports_neither_torch_nor_numpy():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
-
-# --- bad input found by an audit ---
 
 def test_preset_functions_name_a_preset_id_passed_by_mistake():
     for call in (lambda: memory.max_tokens_that_fit("llama2-7b", 80 * 2**30),
@@ -273,3 +352,94 @@ def test_quantized_bits_must_be_an_int():
     with pytest.raises(TypeError, match="bits"):
         memory.quantized_kv_cache_bytes(1, 1, 100, 1, 64, 4.0, group_size=32, residual_length=32)
     assert isinstance(memory.quantized_kv_cache_bytes(1, 1, 100, 1, 64, 4, group_size=32, residual_length=32), int)
+
+
+# --- chapter 08: compressing the cache -------------------------------------------------------------------------------
+
+
+def test_quantized_bytes_for_llama2_7b():
+    # 4,096 tokens, groups of 32, window of 128: n_q = 32·⌊3,968 / 32⌋ = 3,968, n_r = 128. Per layer and head, int8:
+    # codes 2·3,968·128 = 1,015,808; floats 2·124·128 + 2·3,968 + 2·128·128 = 72,448 -> 144,896 bytes in fp16
+    assert memory.quantized_kv_cache_bytes(32, 1, 4096, 32, 128, 8, group_size=32, residual_length=128) == \
+        32 * 32 * (1_015_808 + 144_896) == 1_188_560_896
+    # int4: codes 507,904
+    assert memory.quantized_kv_cache_bytes(32, 1, 4096, 32, 128, 4, group_size=32, residual_length=128) == \
+        32 * 32 * (507_904 + 144_896) == 668_467_200
+    assert memory.quantized_kv_cache_bytes(32, 1, 0, 32, 128, 4, group_size=32, residual_length=128) == 0
+
+
+def test_mla_bytes_for_deepseek_v2():
+    ds = memory.DEEPSEEK_V2
+    assert ds.kv_cache_bytes(1, 1) == 60 * (512 + 64) * 2 == 69_120
+    assert ds.mha_kv_cache_bytes(1, 1) == 2 * 60 * 128 * 128 * 2 == 3_932_160
+    assert round(ds.mha_kv_cache_bytes(1, 1) / ds.kv_cache_bytes(1, 1), 1) == 56.9
+    assert ds.kv_cache_bytes(1, 128 * 1024) == 69_120 * 131_072 == int(8.4375 * 2**30)
+    assert memory.mla_kv_cache_bytes(2, 3, 5, 7, 0, 4) == 2 * 3 * 5 * 7 * 4
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 2, group_size=4, residual_length=0), ValueError,
+     "bits"),
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 15, 4, group_size=4, residual_length=0), ValueError,
+     "head_dim"),
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 8, group_size=0, residual_length=0), ValueError,
+     "group_size"),
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, -1, 1, 16, 8, group_size=4, residual_length=0), ValueError,
+     "seq_len"),
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 8, group_size=4, residual_length=0, float_bytes=0),
+     ValueError, "float_bytes"),
+    (lambda: memory.mla_kv_cache_bytes(0, 1, 1, 512, 64), ValueError, "n_layer"),
+    (lambda: memory.mla_kv_cache_bytes(1, 1, 1, 512.0, 64), TypeError, "kv_lora_rank"),
+])
+def test_memory_bad_input(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+# --- chapter 09: serving many requests -------------------------------------------------------------------------------
+
+
+def test_reserved_tokens_by_hand():
+    assert memory.contiguous_reserved_tokens([3, 10, 1], 16) == 48
+    assert memory.paged_reserved_tokens([3, 10, 1], 4) == (1 + 3 + 1) * 4
+    assert memory.paged_reserved_tokens([3, 10, 1], 1) == 14  # block size 1: nothing wasted
+    # prefix of 6 in blocks of 4: 2 prefix blocks; each sequence owns ceil(L/4) - 1 from block 1 on
+    assert memory.paged_reserved_tokens([6, 9, 13], 4, shared_prefix=6) == (2 + 0 + 2 + 3) * 4
+    assert memory.paged_reserved_tokens([8, 9], 4, shared_prefix=8) == (2 + 0 + 1) * 4  # whole blocks: no copy
+    assert memory.blocks_needed(0, 4) == 0
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(lengths=st.lists(st.integers(0, 40), max_size=6), block_size=st.integers(1, 16))
+def test_paged_waste_is_less_than_one_block_per_sequence(lengths, block_size):
+    waste = memory.paged_reserved_tokens(lengths, block_size) - sum(lengths)
+    assert 0 <= waste <= len(lengths) * (block_size - 1)
+    assert memory.paged_reserved_tokens(lengths, 40) == memory.contiguous_reserved_tokens(
+        [n for n in lengths if n], 40)  # one block of max_len per (non-empty) request is contiguous allocation
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: memory.blocks_needed(5, 0), ValueError, "block_size"),
+    (lambda: memory.paged_reserved_tokens([3], 0), ValueError, "block_size"),
+    (lambda: memory.paged_reserved_tokens([3, -1], 4), ValueError, "each length"),
+    (lambda: memory.paged_reserved_tokens("abc", 4), TypeError, "lengths"),
+    (lambda: memory.paged_reserved_tokens([3, 9], 4, shared_prefix=5), ValueError,
+     "every sequence must be at least shared_prefix=5 tokens long, got one of 3"),
+    (lambda: memory.contiguous_reserved_tokens([3, 20], 16), ValueError,
+     "a sequence of 20 tokens does not fit max_len=16"),
+    (lambda: memory.contiguous_reserved_tokens([3], 0), ValueError, "max_len"),
+])
+def test_waste_arithmetic_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(n_head=8, n_kv_head=8, tp=3), ValueError, "tp=3 does not divide n_kv_head=8"),
+    (dict(n_head=8, tp=16), ValueError, "tp=16 does not divide n_kv_head=8"),
+    (dict(n_head=8, tp=0), ValueError, "tp"),
+    (dict(n_head=8, tp=2.0), TypeError, "tp"),
+])
+def test_bytes_per_device_bad_input(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        memory.kv_cache_bytes_per_device(2, 1, 10, 64, 2, **kwargs)

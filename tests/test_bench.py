@@ -14,7 +14,7 @@ import kvlab
 from kvlab import bench
 from kvlab.bench import figures
 from kvlab.cli import main
-from conftest import random_model
+from tests.helpers import random_model
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,12 @@ def quick_run(tmp_path_factory):
 
 def _positive_finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _committed(**changes) -> bench.BenchResults:
+    """The committed default run, with some headline values changed (targets not yet checked)."""
+    results = bench.load_results(ROOT / bench.DEFAULT_OUT)
+    return dataclasses.replace(results, targets={}, **changes)
 
 
 def test_quick_run_writes_every_figure_of_the_plan(quick_run):
@@ -131,8 +137,6 @@ def test_plot_benchmark_draws_six_panels(quick_run):
         bench.plot_benchmark({"cache_speedup": 3.0})
 
 
-# --- the pieces, on tiny inputs ---
-
 def test_decode_weight_bytes_counts_one_row_of_the_position_table():
     model = random_model(n_layer=2, d_model=32, vocab_size=37, max_seq_len=64)
     C, V, L = 32, 37, 2
@@ -188,12 +192,6 @@ def test_compare_with_transformers_on_a_small_model():
     row = bench.compare_with_transformers(model, 4, 6, use_cache=False, repeats=1, warmup=0)
     assert row.ratio == pytest.approx(row.kvlab_tokens_per_s / row.transformers_tokens_per_s)
     assert row.kvlab_lean_ratio is None
-
-
-def _committed(**changes) -> bench.BenchResults:
-    """The committed default run, with some headline values changed (targets not yet checked)."""
-    results = bench.load_results(ROOT / bench.DEFAULT_OUT)
-    return dataclasses.replace(results, targets={}, **changes)
 
 
 def test_check_targets_reports_met_missed_and_unmeasured():
@@ -256,8 +254,6 @@ def test_make_model_is_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(a.wte.weight, bench.make_model("small", seed=1).wte.weight)
     assert a.config == bench.BENCH_MODELS["small"] and not a.training
 
-
-# --- bad input ---
 
 @pytest.mark.parametrize("call, error, message", [
     (lambda: bench.make_model("gpt3"), ValueError, "name"),

@@ -1,22 +1,26 @@
-"""Chapter 02: the attention sums written out by hand equal the model's own, K/V rows never change as the text grows,
-the newest row needs only the newest query, and the cache stepper draws every step. Also the claims the notebook
-prints, and clear errors for bad input."""
+"""kvlab.attention_trace (chapter 02): the attention sums written out by hand equal the model's own, K/V rows never
+change as the text grows, the newest row needs only the newest query; and clear errors for bad input.
+"""
 
 import copy
-import math
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvlab
-from conftest import random_model
-from kvlab import plots, widgets
-from kvlab.attention_trace import (AttentionTrace, cache_step_grid, expand_attention_step, format_vectors,
-                                   kv_prefix_change, output_change, trace_attention, trace_with_perturbation)
+from kvlab.attention_trace import (
+    AttentionTrace,
+    cache_step_grid,
+    expand_attention_step,
+    format_vectors,
+    kv_prefix_change,
+    output_change,
+    trace_attention,
+    trace_with_perturbation,
+)
+from tests.helpers import random_model
 
 
 def _attention_module_output(model, idx, layer):
@@ -55,8 +59,6 @@ def _check_trace_against_model(model, idx, layer):
         assert trace.kv_head == trace.head // group
         assert torch.equal(trace.k, repeated[:, trace.head])
 
-
-# --- the expansion equals the model -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3])
 def test_expansion_equals_hello_model_attention(hello, layer):
@@ -114,8 +116,6 @@ def test_trace_keys_are_what_a_cache_stores(hello):
             assert torch.allclose(cache.values[layer][0, trace.kv_head], trace.v, atol=1e-5)
 
 
-# --- K/V rows never change as the prompt grows -------------------------------------------------------------------
-
 def test_kv_rows_unchanged_as_prompt_grows(hello):
     model, tokenizer = hello
     idx = tokenizer.encode_batch("hello")
@@ -136,8 +136,6 @@ def test_kv_prefix_change_detects_a_leak_from_the_future(hello):
     leaky.blocks[0].register_forward_hook(lambda m, i, out: out + out.mean(dim=1, keepdim=True))  # mixes positions
     assert kv_prefix_change(leaky, tokenizer.encode_batch("hello")) > 1e-2
 
-
-# --- why there is no Q cache ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("layer,head", [(0, 0), (1, 2), (3, 1)])
 def test_past_queries_do_not_move_the_newest_row_but_past_keys_do(hello, layer, head):
@@ -185,8 +183,6 @@ def test_perturbation_is_seeded_and_lands_on_the_chosen_rows(hello):
     assert torch.equal(a.q, base.q) and torch.equal(a.k, base.k)
 
 
-# --- the cache stepper and the plots -------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("T", [1, 2, 5, 10])
 def test_cache_step_grid_counts(T):
     for t in range(0, T + 1):
@@ -197,100 +193,6 @@ def test_cache_step_grid_counts(T):
             assert computed == (t if use_cache else t * (t + 1) // 2)
             assert cells.count(1) == T * (T - 1) // 2  # the mask never changes
             assert sum(state == 4 for state in cells) == (max(t - 1, 0) if use_cache else 0)  # keys from the cache
-
-
-@pytest.mark.parametrize("T", [1, 4, 10])
-def test_cache_step_figure_draws_every_step(T):
-    tokens = list("hello cach"[:T])
-    for t in sorted({0, 1, T // 2, T}):
-        fig = plots.plot_cache_step(t, T, tokens)
-        assert len(fig.axes) == 2
-        if t == 0:
-            assert all("nothing computed yet" in ax.get_title() for ax in fig.axes)
-        else:
-            assert f"{t * (t + 1) // 2} score" in fig.axes[0].get_title()
-            assert f"{t} score" in fig.axes[1].get_title()
-        plt.close(fig)
-
-
-def test_cache_step_figure_redraws_into_given_axes():
-    fig, axes = plt.subplots(1, 2)
-    plots.plot_cache_step(2, 3, axes=axes)
-    assert plots.plot_cache_step(3, 3, axes=axes) is fig
-    assert len(fig.legends) == 1
-    plt.close(fig)
-
-
-@pytest.mark.parametrize("t, T, error", [(-1, 4, ValueError), (5, 4, ValueError), (1.0, 4, TypeError),
-                                         (1, 0, ValueError), (True, 4, TypeError)])
-def test_cache_step_rejects_bad_steps(t, T, error):
-    with pytest.raises(error):
-        plots.plot_cache_step(t, T)
-    with pytest.raises(error, match="seq_len" if T == 0 else "t must be an int"):
-        cache_step_grid(t, T, True)
-    plt.close("all")
-
-
-def test_cache_step_rejects_bad_tokens_and_flags():
-    with pytest.raises(ValueError, match="tokens"):
-        plots.plot_cache_step(1, 3, tokens=["a", "b"])
-    with pytest.raises(TypeError, match="use_cache"):
-        cache_step_grid(1, 3, use_cache=1)
-    plt.close("all")
-
-
-def test_cache_stepper_widget():
-    stepper = widgets.cache_stepper(5, list("hello"), t=0)
-    slider = stepper.children[0]
-    assert (slider.min, slider.max, slider.value) == (0, 5, 0)
-    slider.value = 5  # redraw at the largest step
-    plt.close("all")
-
-
-@pytest.mark.parametrize("bad, error, parameter", [
-    (dict(T=0), ValueError, "T must"), (dict(T=True), TypeError, "T must"), (dict(T=3, t=4), ValueError, "t must"),
-    (dict(T=3, t=-1), ValueError, "t must"), (dict(T=2, tokens=list("abc")), ValueError, "tokens"),
-])
-def test_cache_stepper_widget_rejects_bad_settings(bad, error, parameter):
-    with pytest.raises(error, match=parameter):
-        widgets.cache_stepper(**bad)
-
-
-def test_plot_attention_weights(hello):
-    model, tokenizer = hello
-    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
-    ax = plots.plot_attention_weights(trace.weights, list("hell")).axes[0]
-    drawn = ax.images[0].get_array()  # the weights, the causally masked cells (key after query) hidden
-    weights = trace.weights.numpy()
-    assert drawn.mask.tolist() == [[j > i for j in range(4)] for i in range(4)]
-    assert np.allclose(drawn.filled(0), np.tril(weights)) and np.allclose(weights.sum(axis=1), 1)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1 h", "2 e", "3 l", "4 l"]
-    for bad in [torch.ones(2, 3), torch.ones(3), torch.ones(0, 0)]:
-        with pytest.raises(ValueError, match="weights"):
-            plots.plot_attention_weights(bad)
-    with pytest.raises(ValueError, match="tokens"):
-        plots.plot_attention_weights(trace.weights, list("he"))
-    plt.close("all")
-
-
-# --- claims the notebook prints ------------------------------------------------------------------------------------
-
-def test_notebook_claims(hello):
-    model, tokenizer = hello
-    assert tokenizer.decode(kvlab.generate(model, tokenizer.encode_batch("h"), 4)[0]) == "hello"
-    with torch.no_grad():
-        predicted = model(tokenizer.encode_batch("hell"))[0].argmax(dim=-1)
-    assert tokenizer.decode(predicted) == "ello"  # every position predicts the next letter
-    assert model.config.head_dim == 16 and math.sqrt(model.config.head_dim) == 4
-    assert model.config.d_model == 64 and model.config.n_head == 4
-    trace = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0)
-    assert trace.scale == 0.25
-    long_text = tokenizer.decode(kvlab.generate(model, tokenizer.encode_batch("h"), 10)[0])
-    assert long_text == "hello cache"
-    N = len(long_text) - 1
-    totals = {c: sum(sum(s in (3, 4, 5) for row in cache_step_grid(t, N, c) for s in row) for t in range(1, N + 1))
-              for c in (False, True)}
-    assert totals == {False: N * (N + 1) * (N + 2) // 6, True: N * (N + 1) // 2} == {False: 220, True: 55}
 
 
 def test_latex_shows_the_numbers(hello):
@@ -308,8 +210,6 @@ def test_format_vectors():
     text = format_vectors(torch.tensor([[1.234, -0.001], [-5.0, 0.5]]), ["a", "bb"], digits=2)
     assert text.splitlines() == ["a    1.23  0.00", "bb  -5.00  0.50"]  # -0.00 is written 0.00
 
-
-# --- bad input -----------------------------------------------------------------------------------------------------
 
 def test_trace_rejects_bad_input(hello):
     model, tokenizer = hello

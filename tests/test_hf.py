@@ -1,4 +1,5 @@
-"""Chapter 07: kvlab <-> transformers. Same logits, same tokens, same cache bytes; `import kvlab` stays light.
+"""kvlab.hf (chapter 07): kvlab <-> transformers. Same logits, same tokens, same cache bytes; `import kvlab` stays
+light.
 
 Tests that need transformers skip without it (`pip install -e ".[hf]"`; the test extra installs it). Nothing here
 reaches the network: the environment is set offline before transformers is imported. Nothing here depends on a minor
@@ -10,23 +11,24 @@ import os
 import subprocess
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kvlab
+from kvlab import legacy
 from kvlab.memory import kv_cache_bytes
+from tests.helpers import random_model
 
-from conftest import random_model
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 
 TOLERANCE = 1e-5  # float32: the two libraries add in different orders
 
-
-# --- without transformers: kvlab imports, kvlab.hf says how to install the extra ---
 
 _HIDE_TRANSFORMERS = """
 import sys
@@ -45,6 +47,60 @@ sys.meta_path.insert(0, HideTransformers())
 def _run_hidden(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", _HIDE_TRANSFORMERS + code], capture_output=True, text=True,
                           timeout=120)
+
+
+try:
+    import transformers
+
+    from kvlab import hf
+except ImportError:  # the "hf" extra is not installed: the tests below skip, the three above still run
+    transformers = hf = None
+
+
+needs_hf = pytest.mark.skipif(hf is None, reason='needs the "hf" extra: pip install -e ".[hf]"')
+
+
+@pytest.fixture(scope="module")
+def hello_hf(hello):
+    model, _ = hello
+    return hf.to_transformers(model)
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+def _cached_logits_hf(hf_model, idx: torch.Tensor, split: int) -> torch.Tensor:
+    """Prefill idx[:, :split], then decode the rest one token at a time through transformers' cache."""
+    logits, cache = hf.forward(hf_model, idx[:, :split])
+    pieces = [logits]
+    for t in range(split, idx.shape[1]):
+        logits, cache = hf.forward(hf_model, idx[:, t:t + 1], cache)
+        pieces.append(logits)
+    return torch.cat(pieces, dim=1)
+
+
+def _cached_logits_kvlab(model, idx: torch.Tensor, split: int) -> torch.Tensor:
+    """The same prefill and decode steps through kvlab's DynamicCache.
+
+    Cached and uncached logits differ by float32 rounding in each library alone (about 1e-5 for the hello model,
+    whose logits reach 10), so the cached paths are compared with each other, like with like.
+    """
+    cache = kvlab.DynamicCache()
+    pieces = [model(idx[:, :split], cache)]
+    pieces += [model(idx[:, t:t + 1], cache) for t in range(split, idx.shape[1])]
+    return torch.cat(pieces, dim=1)
+
+
+def _exists(path: str) -> bool:
+    import operator
+
+    from transformers import cache_utils
+    try:
+        operator.attrgetter(path)(cache_utils)
+        return True
+    except AttributeError:
+        return False
 
 
 def test_kvlab_imports_without_transformers_and_never_loads_kvlab_hf():
@@ -81,51 +137,6 @@ def test_the_hider_really_hides_transformers():
     result = _run_hidden("try:\n    import transformers\n    print('visible')\n"
                          "except ImportError:\n    print('hidden')\n")
     assert result.stdout.strip() == "hidden", result.stderr
-
-
-# --- with transformers ---
-
-try:
-    import transformers
-
-    from kvlab import hf
-except ImportError:  # the "hf" extra is not installed: the tests below skip, the three above still run
-    transformers = hf = None
-from kvlab import legacy  # noqa: E402
-
-needs_hf = pytest.mark.skipif(hf is None, reason='needs the "hf" extra: pip install -e ".[hf]"')
-
-
-@pytest.fixture(scope="module")
-def hello_hf(hello):
-    model, _ = hello
-    return hf.to_transformers(model)
-
-
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
-
-
-def _cached_logits_hf(hf_model, idx: torch.Tensor, split: int) -> torch.Tensor:
-    """Prefill idx[:, :split], then decode the rest one token at a time through transformers' cache."""
-    logits, cache = hf.forward(hf_model, idx[:, :split])
-    pieces = [logits]
-    for t in range(split, idx.shape[1]):
-        logits, cache = hf.forward(hf_model, idx[:, t:t + 1], cache)
-        pieces.append(logits)
-    return torch.cat(pieces, dim=1)
-
-
-def _cached_logits_kvlab(model, idx: torch.Tensor, split: int) -> torch.Tensor:
-    """The same prefill and decode steps through kvlab's DynamicCache.
-
-    Cached and uncached logits differ by float32 rounding in each library alone (about 1e-5 for the hello model,
-    whose logits reach 10), so the cached paths are compared with each other, like with like.
-    """
-    cache = kvlab.DynamicCache()
-    pieces = [model(idx[:, :split], cache)]
-    pieces += [model(idx[:, t:t + 1], cache) for t in range(split, idx.shape[1])]
-    return torch.cat(pieces, dim=1)
 
 
 @needs_hf
@@ -235,8 +246,6 @@ def test_weight_names_cover_every_tensor_once(hello):
                                             for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")]
 
 
-# --- the cache: shapes, lengths, bytes ---
-
 @needs_hf
 def test_dynamic_cache_shapes_length_and_bytes(hello, hello_hf):
     model, tokenizer = hello
@@ -301,8 +310,6 @@ def test_cache_argument_name_is_what_the_forward_takes():
     assert name in inspect.signature(transformers.GPT2LMHeadModel.forward).parameters
 
 
-# --- no warnings, and the capture that proves it ---
-
 @needs_hf
 def test_conversion_and_generation_log_nothing(hello):
     model, tokenizer = hello
@@ -339,19 +346,6 @@ def test_gpt2_defaults_are_out_of_a_small_vocabulary():
     assert all("50256" in m for m in messages)
 
 
-# --- the name map is read from the installed package ---
-
-def _exists(path: str) -> bool:
-    import operator
-
-    from transformers import cache_utils
-    try:
-        operator.attrgetter(path)(cache_utils)
-        return True
-    except AttributeError:
-        return False
-
-
 @needs_hf
 def test_api_table_states_match_the_installed_package():
     rows = hf.cache_api_table()
@@ -382,8 +376,6 @@ def test_format_api_table_is_markdown_with_one_line_per_row():
     assert len(lines) == len(rows) + 2 and all(line.startswith("|") and line.endswith("|") for line in lines)
     assert "`SinkCache` **removed**" in text
 
-
-# --- bad input ---
 
 @needs_hf
 def test_grouped_query_attention_cannot_become_gpt2():

@@ -1,0 +1,101 @@
+"""What chapter 04 (cost_with_and_without_cache.ipynb) shows: numbers and sentences its prose and exercises
+state, checked against the committed notebook or recomputed with kvlab.
+"""
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+
+import kvlab
+from kvlab import flops, measure, memory
+from tests.helpers import NOTEBOOKS
+
+NOTEBOOK = NOTEBOOKS / "04_cost_with_and_without_cache.ipynb"
+
+
+# The notebook's measured model and sweep (test_notebook_uses_these_settings keeps the two in step).
+CHAPTER_CONFIG = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)
+
+
+T_MAX, FIT_FROM = 512, 128
+
+
+def chapter_config() -> kvlab.GPTConfig:
+    return kvlab.GPTConfig(**CHAPTER_CONFIG)
+
+
+def by_hand(c) -> tuple[int, int]:
+    """D and A from the matmul shapes, written out independently of kvlab.flops.
+
+    Per layer and fed token: qkv 2·d·(d + 2·kv_dim), output projection 2·d², MLP 2·(d·4d + 4d·d) = 16·d²;
+    once: LM head 2·d·vocab. Per key: q·kᵀ 2·d and weights·v 2·d, in every layer.
+    """
+    d, kv_dim = c.d_model, c.n_kv_head * (c.d_model // c.n_head)
+    dense = c.n_layer * (2 * d * (d + 2 * kv_dim) + 2 * d * d + 16 * d * d) + 2 * d * c.vocab_size
+    return dense, c.n_layer * 4 * d
+
+
+@pytest.fixture(scope="module")
+def counted_steps():
+    """Every forward of the notebook's two 512-token generations, counted by FlopCounterMode (the slow part)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = kvlab.TinyGPT(chapter_config()).eval()
+    return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
+            for use_cache in (True, False)}
+
+
+def test_notebook_uses_these_settings():
+    source = "\n".join("".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text())["cells"])
+    assert "kvlab.GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)" in source
+    assert f"T_MAX = {T_MAX}" in source and f"FIT_FROM = {FIT_FROM}" in source
+    assert "lengths = [2**k for k in range(10)]" in source
+
+
+def test_counted_steps_follow_d_plus_a_t_by_hand(counted_steps):
+    """The notebook's 'checked for every t' claim, against D and A derived independently of kvlab.flops."""
+    D, A = by_hand(chapter_config())
+    assert counted_steps[True] == [D + A * t for t in range(1, T_MAX + 1)]
+    assert counted_steps[False] == [t * (D + A * t) for t in range(1, T_MAX + 1)]
+
+
+def test_notebook_numbers_by_hand():
+    config = chapter_config()
+    D, A = by_hand(config)
+    assert flops.decode_step_coefficients(config) == (D, A)
+    assert A == 4 * config.n_layer * config.d_model
+    assert flops.attention_crossover(config) == Fraction(D, A) == 6 * 16 + Fraction(64, 2 * 2)  # t* printed: 112
+    assert flops.attention_crossover(config, include_lm_head=False) == 6 * 16
+    T = T_MAX  # the printed totals
+    assert flops.generation_flops(config, 1, T, True) == D * T + A * T * (T + 1) // 2
+    assert flops.generation_flops(config, 1, T, False) == D * T * (T + 1) // 2 + A * T * (T + 1) * (2 * T + 1) // 6
+    for t in (1, 100, 1024):  # the table at t = 100: every matmul exactly t times dearer without a cache
+        with_cache, without = flops.forward_flops_breakdown(config, 1, t - 1), flops.forward_flops_breakdown(config, t)
+        assert all(without[name] == t * with_cache[name] for name in with_cache)
+
+
+@pytest.mark.parametrize("key", ["gpt2-small", "gpt2-xl", "gpt3-175b"])
+def test_attention_share_table_by_hand(key):
+    """The table's attention share of a cached step at full context: A·t / (D + A·t) with D, A by hand."""
+    preset = memory.get_preset(key)
+    D, A = by_hand(preset)
+    t = preset.max_seq_len
+    split = flops.decode_step_flops_split(preset, t)
+    assert split["attention"] == A * t and split["dense"] == D
+    share = A * t / (D + A * t)
+    assert share < 0.15  # the prose: far below t*, attention is a small share (13.3 % for GPT-2 small, 2.7 % GPT-3)
+    assert t < 6 * preset.d_model < flops.attention_crossover(preset)
+
+
+def test_exercise_answers_by_hand():
+    config = chapter_config()
+    assert Fraction(flops.decode_step_flops(config, 300, False), flops.decode_step_flops(config, 300, True)) == 300
+    assert flops.attention_crossover(memory.get_preset("gpt2-xl"), include_lm_head=False) == 6 * 1600
+    gpt2 = memory.get_preset("gpt2-small")
+    D, A = by_hand(gpt2)
+    T = 1000
+    ratio = Fraction(D * T * (T + 1) // 2 + A * T * (T + 1) * (2 * T + 1) // 6, D * T + A * T * (T + 1) // 2)
+    assert round(flops.generation_flops(gpt2, 1, T, False) / flops.generation_flops(gpt2, 1, T)) == round(ratio)
+    assert Fraction(T + 1, 2) < ratio < Fraction(T + 1, 2) + 20  # nearer (T+1)/2: T << t*

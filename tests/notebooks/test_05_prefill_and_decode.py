@@ -1,0 +1,93 @@
+"""What chapter 05 (prefill_and_decode.ipynb) shows: numbers and sentences its prose and exercises
+state, checked against the committed notebook or recomputed with kvlab.
+"""
+
+import math
+
+import pytest
+import torch
+
+import kvlab
+from kvlab import hardware, measure, memory
+from kvlab.flops import arithmetic_intensity, bytes_moved, forward_flops
+from tests.helpers import NOTEBOOKS, assert_printed_above
+
+CHAPTER = kvlab.GPTConfig(vocab_size=256, n_layer=4, n_head=8, d_model=512, max_seq_len=1024)  # the notebook's model
+
+
+GPT2 = memory.get_preset("gpt2-small")
+
+
+A100, H100, T4 = hardware.get_gpu("a100-80gb-sxm"), hardware.get_gpu("h100-sxm"), hardware.get_gpu("t4")
+
+
+NOTEBOOK = NOTEBOOKS / "05_prefill_and_decode.ipynb"
+
+
+def _hello_decode_step_ops(model, prompt):
+    cache = kvlab.DynamicCache()
+    with torch.inference_mode():
+        model(prompt[:, :-1], cache)
+        return measure.count_operations(lambda: model(prompt[:, -1:], cache))
+
+
+def test_exercise_2_batch_that_reaches_the_a100_ridge():
+    """I(B) = B·F / (W + B·K) >= R  <=>  B >= R·W / (F - R·K): solved in closed form, not by the notebook's loop."""
+    F, R = forward_flops(GPT2, 1, 16), A100.ridge_point("fp16")
+    W, K = GPT2.n_params * 2, 2 * GPT2.n_layer * 17 * GPT2.d_model * 2
+    B = math.ceil(R * W / (F - R * K))
+    intensity = [arithmetic_intensity(GPT2, 1, 16, 2, batch_size=b) for b in (B - 1, B)]
+    assert intensity[1] >= R > intensity[0]
+    assert B > R  # "intensity ≈ B" would have said B ≈ R; the KV caches push it well above
+
+
+def test_chapter_model_on_gpus_claims():
+    """§6: in fp16 a 128-token prefill and every decode step are memory-bound on A100 and H100; 512 tokens are not."""
+    for gpu in (A100, H100):
+        ridge = gpu.ridge_point("fp16")
+        assert arithmetic_intensity(CHAPTER, 128, 0, 2) < ridge < arithmetic_intensity(CHAPTER, 512, 0, 2)
+        assert arithmetic_intensity(CHAPTER, 1, 16, 2, batch_size=16) < ridge
+    assert 150 < A100.ridge_point("fp16") < H100.ridge_point("fp16") < 300  # "about 150 to 300 FLOPs per byte"
+    assert memory.kv_cache_bytes(4, 1, 512, 512, 4) == 8 * 2**20  # "512 cached tokens add 8.0 MiB"
+
+
+def test_gpt2_xl_on_a_t4_claims():
+    """§8: batch 1 takes at least (weights + KV) / bandwidth; batch 32 stays under 50 ms, batch 64 does not and
+    would not fit in 16 GB."""
+    xl = memory.get_preset("gpt2-xl")
+
+    def step_s(B):
+        return hardware.roofline_time(B * forward_flops(xl, 1, 1000), bytes_moved(xl, 1, 1000, 2, B),
+                                      T4.fp16_flops, T4.bandwidth)
+
+    assert step_s(1) == pytest.approx((2 * 1_557_611_200 + 2 * 48 * 1001 * 1600 * 2) / 320e9)
+    assert step_s(32) < 0.05 < step_s(64)
+    assert xl.weight_bytes(2) + xl.kv_cache_bytes(64, 1001, 2) > 16 * memory.GIB
+
+
+def test_section_9_numbers_are_what_the_code_gives(hello):
+    model, tok = hello
+    prompt = torch.tensor([tok.encode("keys and values ")])
+    assert prompt.shape == (1, 16)
+    ops = _hello_decode_step_ops(model, prompt)
+    step_flops, step_bytes = forward_flops(model.config, 1, 15), bytes_moved(model.config, 1, 15, 4)
+    assert step_flops < 500_000 and step_bytes < 1_000_000  # "under half a million FLOPs and under a megabyte"
+    assert 80 <= ops.total() <= 120  # "about a hundred tiny operations"
+    assert_printed_above(NOTEBOOK, "Under half a million FLOPs and under a megabyte",
+                         f"{step_flops:,} FLOPs, {step_bytes:,} bytes to move, {ops.total()} PyTorch operations")
+    assert_printed_above(NOTEBOOK, "Why does the course not write all its code this way?", "identical tokens: True")
+
+
+def test_exercise_4_operations_per_layer(hello):
+    """Each block runs the same operations, so the count grows by a fixed number per layer."""
+    model, tok = hello
+    prompt = torch.tensor([tok.encode("keys and values ")])
+    counts = {}
+    for n_layer in (4, 8, 12):
+        config = kvlab.GPTConfig(vocab_size=25, n_layer=n_layer, n_head=4, d_model=64, max_seq_len=128)
+        counts[n_layer] = _hello_decode_step_ops(kvlab.TinyGPT(config).eval(), prompt).total()
+    assert counts[4] == _hello_decode_step_ops(model, prompt).total()  # depth alone sets the count
+    per_layer = (counts[8] - counts[4]) // 4
+    assert counts[12] - counts[8] == counts[8] - counts[4] == 4 * per_layer
+    by_hand = 4 + 4 + 3 + 2 + 2 + 2 + 1 + 1 + 1 + 1  # linear, transpose, view, add, layer_norm, cat, split, sdpa, ...
+    assert per_layer == by_hand  # ... reshape, gelu: CausalSelfAttention + MLP + Block, read off model.py
