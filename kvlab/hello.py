@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_int, check_one_of
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
@@ -39,8 +40,7 @@ def load_kv_head_model(n_kv_head: int, device: torch.device | str = "cpu") -> tu
 
     All three were trained the same way (`kvlab.train_hello.train_kv_head_models`); only n_kv_head differs.
     """
-    if isinstance(n_kv_head, bool) or n_kv_head not in (4, 2, 1):
-        raise ValueError(f"n_kv_head must be 4 (the hello model), 2 or 1, got {n_kv_head!r}")
+    check_one_of("n_kv_head", check_int("n_kv_head", n_kv_head), (4, 2, 1))  # 4 is the hello model
     if n_kv_head == 4:
         return load_hello_model(device)
     checkpoint = torch.load(HELLO_KV_HEAD_WEIGHTS, map_location=device, weights_only=True)[n_kv_head]

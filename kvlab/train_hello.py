@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checks import check_type
+from .checks import check_int, check_one_of, check_type
 from .corpus import make_corpus
 from .hello import HELLO_CONFIG, HELLO_WEIGHTS
 from .model import GPTConfig, TinyGPT
@@ -108,9 +108,8 @@ def mean_pool_kv_heads(model: TinyGPT, n_kv_head: int) -> TinyGPT:
     if old.n_kv_head != old.n_head:
         raise ValueError(f"model must be multi-head (n_kv_head == n_head), got n_kv_head={old.n_kv_head}, "
                          f"n_head={old.n_head}")
-    if isinstance(n_kv_head, bool) or not isinstance(n_kv_head, int) or n_kv_head < 1 or old.n_head % n_kv_head:
-        divisors = [h for h in range(1, old.n_head + 1) if old.n_head % h == 0]
-        raise ValueError(f"n_kv_head must divide n_head={old.n_head} (one of {divisors}), got {n_kv_head!r}")
+    divisors = [h for h in range(1, old.n_head + 1) if old.n_head % h == 0]
+    check_one_of("n_kv_head", check_int("n_kv_head", n_kv_head, 1), divisors)  # each K/V head serves a whole group
     config = GPTConfig(**{**asdict(old), "n_kv_head": n_kv_head})
     group, D, C = old.n_head // n_kv_head, old.head_dim, old.d_model
     state = {name: t.clone() for name, t in model.state_dict().items()}

@@ -113,8 +113,11 @@ def test_kv_head_weights_are_small():
 
 
 def test_load_kv_head_model_bad_input():
-    for bad in (3, 0, True, "2"):
-        with pytest.raises(ValueError, match="n_kv_head"):
+    for bad in (3, 0):
+        with pytest.raises(ValueError, match=r"n_kv_head must be one of 4, 2, 1"):
+            load_kv_head_model(bad)
+    for bad in (True, "2", 2.0):
+        with pytest.raises(TypeError, match="n_kv_head must be an int"):
             load_kv_head_model(bad)
 
 
@@ -150,9 +153,11 @@ def test_mean_pool_averages_each_groups_key_and_value_projections(hello):
 
 def test_mean_pool_bad_input(hello):
     model, _ = hello
-    for bad in (3, 0, True):
-        with pytest.raises(ValueError, match="n_kv_head must divide n_head"):
+    for bad in (3, 0):  # a K/V head must serve a whole group of query heads: a divisor of n_head = 4
+        with pytest.raises(ValueError, match=r"n_kv_head must .*(one of 1, 2, 4|>= 1)"):
             mean_pool_kv_heads(model, bad)
+    with pytest.raises(TypeError, match="n_kv_head must be an int"):
+        mean_pool_kv_heads(model, True)
     with pytest.raises(ValueError, match="must be multi-head"):
         mean_pool_kv_heads(mean_pool_kv_heads(model, 2), 1)
     with pytest.raises(TypeError, match="kvlab.TinyGPT"):
