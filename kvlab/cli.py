@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # --- benchmarks: the course's speed claims side by side (kvlab.bench) ---
     bench = commands.add_parser("bench", help="measure the course's speed figures in one run: table, JSON, plot")
-    bench.add_argument("--quick", action="store_true", help="shorter runs and fewer repeats (under 30 s; CI runs it)")
+    bench.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (CI runs it)")
     bench.add_argument("--out", help="JSON file to write (default: benchmarks/results/latest.json, or "
                                      "benchmarks/results/quick.json with --quick)")
     bench.add_argument("--plot", help="PNG file to write (default: the JSON's path with .png)")

@@ -6,6 +6,7 @@ matplotlib.use("Agg")  # tests draw figures but never show them
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import kvlab  # noqa: E402
 
@@ -21,3 +22,16 @@ def _close_figures():
 def hello():
     """The shipped hello model and its tokenizer (loaded once: tests only read it)."""
     return kvlab.load_hello_model()
+
+
+@pytest.fixture(scope="session")
+def counted_steps():
+    """Every forward of chapter 04's two 512-token generations, counted by FlopCounterMode (the slow part, once)."""
+    from kvlab import measure
+    from tests.helpers import T_MAX, chapter_config
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = kvlab.TinyGPT(chapter_config()).eval()
+    return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
+            for use_cache in (True, False)}

@@ -40,3 +40,44 @@ def assert_printed_above(notebook: Path, prose: str, printed) -> None:
     above = "".join(printed_text(c) for c in cells[:where[0]] if c["cell_type"] == "code")
     found = printed.search(above) if hasattr(printed, "search") else printed in above
     assert found, f"no code cell above the claim {prose!r} prints {printed!r}"
+
+
+# --- chapter 04: the notebook's cost experiment, and its FLOPs by hand ---
+
+CHAPTER_CONFIG = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)  # chapter 04's model
+T_MAX, FIT_FROM = 512, 128  # its generation length, and where its slope fits start
+
+
+def chapter_config() -> kvlab.GPTConfig:
+    return kvlab.GPTConfig(**CHAPTER_CONFIG)
+
+
+def by_hand(c) -> tuple[int, int]:
+    """D and A from the matmul shapes, written out independently of kvlab.flops.
+
+    Per layer and fed token: qkv 2·d·(d + 2·kv_dim), output projection 2·d², MLP 2·(d·4d + 4d·d) = 16·d²;
+    once: LM head 2·d·vocab. Per key: q·kᵀ 2·d and weights·v 2·d, in every layer.
+    """
+    d, kv_dim = c.d_model, c.n_kv_head * (c.d_model // c.n_head)
+    dense = c.n_layer * (2 * d * (d + 2 * kv_dim) + 2 * d * d + 16 * d * d) + 2 * d * c.vocab_size
+    return dense, c.n_layer * 4 * d
+
+
+# --- chapter 08: keys that show which positions a cache holds ---
+
+def position_keys(start: int, n: int, B: int = 2, H: int = 3, D: int = 4) -> torch.Tensor:
+    """(B, H, n, D) keys whose every number is the token's position: what a cache holds can be read off."""
+    return torch.arange(start, start + n, dtype=torch.float32).view(1, 1, n, 1).expand(B, H, n, D).clone()
+
+
+def feed(cache, T: int, chunk: int = 1, n_layer: int = 1, **shape):
+    """Feed positions 0..T-1 to every layer in chunks; return what the last update of layer 0 returned."""
+    returned = None
+    for start in range(0, T, chunk):
+        n = min(chunk, T - start)
+        for layer in range(n_layer):
+            k = position_keys(start, n, **shape)
+            out = cache.update(k, -k, layer)
+            if layer == 0:
+                returned = out
+    return returned

@@ -26,25 +26,7 @@ from kvlab.compressed_cache import (
     quantize,
     received_attention,
 )
-from tests.helpers import random_model
-
-
-def position_keys(start: int, n: int, B: int = 2, H: int = 3, D: int = 4) -> torch.Tensor:
-    """(B, H, n, D) keys whose every number is the token's position: what a cache holds can be read off."""
-    return torch.arange(start, start + n, dtype=torch.float32).view(1, 1, n, 1).expand(B, H, n, D).clone()
-
-
-def feed(cache, T: int, chunk: int = 1, n_layer: int = 1, **shape):
-    """Feed positions 0..T-1 to every layer in chunks; return what the last update of layer 0 returned."""
-    returned = None
-    for start in range(0, T, chunk):
-        n = min(chunk, T - start)
-        for layer in range(n_layer):
-            k = position_keys(start, n, **shape)
-            out = cache.update(k, -k, layer)
-            if layer == 0:
-                returned = out
-    return returned
+from tests.helpers import feed, position_keys, random_model
 
 
 def quantized_bytes_by_hand(T, bits, G, R, n_layer, B, H, D, float_bytes=4):

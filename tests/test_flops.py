@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import kvlab
-from kvlab import flops, hardware, measure, memory
+from kvlab import flops, hardware, memory
 from kvlab.flops import (
     arithmetic_intensity,
     bytes_moved,
@@ -23,31 +23,10 @@ from kvlab.flops import (
     positions_processed,
 )
 from kvlab.measure import _math_attention, count_flops
-from tests.helpers import random_model
+from tests.helpers import T_MAX, by_hand, chapter_config, random_model
 
 # The notebook's measured model and sweep (test_notebook_uses_these_settings keeps the two in step).
-CHAPTER_CONFIG = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)
-
-
-T_MAX, FIT_FROM = 512, 128
-
-
 LENGTHS = [2**k for k in range(10)]  # 1, 2, 4, ..., 512
-
-
-def chapter_config() -> kvlab.GPTConfig:
-    return kvlab.GPTConfig(**CHAPTER_CONFIG)
-
-
-def by_hand(c) -> tuple[int, int]:
-    """D and A from the matmul shapes, written out independently of kvlab.flops.
-
-    Per layer and fed token: qkv 2·d·(d + 2·kv_dim), output projection 2·d², MLP 2·(d·4d + 4d·d) = 16·d²;
-    once: LM head 2·d·vocab. Per key: q·kᵀ 2·d and weights·v 2·d, in every layer.
-    """
-    d, kv_dim = c.d_model, c.n_kv_head * (c.d_model // c.n_head)
-    dense = c.n_layer * (2 * d * (d + 2 * kv_dim) + 2 * d * d + 16 * d * d) + 2 * d * c.vocab_size
-    return dense, c.n_layer * 4 * d
 
 
 def _config_or_none(n_layer, n_head, kv_div, head_dim, vocab):
@@ -60,16 +39,6 @@ def _config_or_none(n_layer, n_head, kv_div, head_dim, vocab):
 configs = st.builds(_config_or_none, n_layer=st.integers(1, 96), n_head=st.sampled_from([1, 2, 4, 8]),
                     kv_div=st.sampled_from([1, 2, 4, 8]), head_dim=st.integers(1, 256),
                     vocab=st.integers(1, 200_000)).filter(lambda c: c is not None)
-
-
-@pytest.fixture(scope="module")
-def counted_steps():
-    """Every forward of the notebook's two 512-token generations, counted by FlopCounterMode (the slow part)."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = kvlab.TinyGPT(chapter_config()).eval()
-    return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
-            for use_cache in (True, False)}
 
 
 TINY = kvlab.GPTConfig(vocab_size=10, n_layer=1, n_head=1, d_model=2, max_seq_len=4)

@@ -6,47 +6,14 @@ import json
 from fractions import Fraction
 
 import pytest
-import torch
 
-import kvlab
-from kvlab import flops, measure, memory
-from tests.helpers import NOTEBOOKS
+from kvlab import flops, memory
+from tests.helpers import FIT_FROM, NOTEBOOKS, T_MAX, by_hand, chapter_config
 
 NOTEBOOK = NOTEBOOKS / "04_cost_with_and_without_cache.ipynb"
 
 
 # The notebook's measured model and sweep (test_notebook_uses_these_settings keeps the two in step).
-CHAPTER_CONFIG = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)
-
-
-T_MAX, FIT_FROM = 512, 128
-
-
-def chapter_config() -> kvlab.GPTConfig:
-    return kvlab.GPTConfig(**CHAPTER_CONFIG)
-
-
-def by_hand(c) -> tuple[int, int]:
-    """D and A from the matmul shapes, written out independently of kvlab.flops.
-
-    Per layer and fed token: qkv 2·d·(d + 2·kv_dim), output projection 2·d², MLP 2·(d·4d + 4d·d) = 16·d²;
-    once: LM head 2·d·vocab. Per key: q·kᵀ 2·d and weights·v 2·d, in every layer.
-    """
-    d, kv_dim = c.d_model, c.n_kv_head * (c.d_model // c.n_head)
-    dense = c.n_layer * (2 * d * (d + 2 * kv_dim) + 2 * d * d + 16 * d * d) + 2 * d * c.vocab_size
-    return dense, c.n_layer * 4 * d
-
-
-@pytest.fixture(scope="module")
-def counted_steps():
-    """Every forward of the notebook's two 512-token generations, counted by FlopCounterMode (the slow part)."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = kvlab.TinyGPT(chapter_config()).eval()
-    return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
-            for use_cache in (True, False)}
-
-
 def test_notebook_uses_these_settings():
     source = "\n".join("".join(cell["source"]) for cell in json.loads(NOTEBOOK.read_text())["cells"])
     assert "kvlab.GPTConfig(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)" in source

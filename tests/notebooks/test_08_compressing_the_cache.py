@@ -10,7 +10,7 @@ import torch
 import kvlab
 from kvlab import quality
 from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
-from tests.helpers import NOTEBOOKS, assert_printed_above
+from tests.helpers import NOTEBOOKS, assert_printed_above, feed
 
 NOTEBOOK = NOTEBOOKS / "08_compressing_the_cache.ipynb"
 
@@ -21,24 +21,6 @@ def held_out(hello):
     model, tokenizer = hello
     tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
     return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
-def position_keys(start: int, n: int, B: int = 2, H: int = 3, D: int = 4) -> torch.Tensor:
-    """(B, H, n, D) keys whose every number is the token's position: what a cache holds can be read off."""
-    return torch.arange(start, start + n, dtype=torch.float32).view(1, 1, n, 1).expand(B, H, n, D).clone()
-
-
-def feed(cache, T: int, chunk: int = 1, n_layer: int = 1, **shape):
-    """Feed positions 0..T-1 to every layer in chunks; return what the last update of layer 0 returned."""
-    returned = None
-    for start in range(0, T, chunk):
-        n = min(chunk, T - start)
-        for layer in range(n_layer):
-            k = position_keys(start, n, **shape)
-            out = cache.update(k, -k, layer)
-            if layer == 0:
-                returned = out
-    return returned
 
 
 POLICIES = {"window": SlidingWindowCache, "sink": lambda w: SinkCache(w, n_sink=4), "h2o": HeavyHitterCache}
