@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 
 __all__ = ["show_source", "check_answer"]
 
@@ -36,8 +38,24 @@ def check_answer(answer, expected, *, hint: str = "") -> bool:
     if answer is None:
         print("Not answered yet: replace None with your answer and run the cell again.")
         return False
-    if answer == expected:
+    if _same(answer, expected):
         print(f"Correct: {answer!r}")
         return True
     print(f"Not quite: you said {answer!r}. {hint}".rstrip())
     return False
+
+
+def _same(answer, expected) -> bool:
+    """Equal by value: a tuple matches a list, an array or tensor its elements, floats within rounding (0.1 + 0.2 and
+    0.3 differ in the last bit), numpy numbers their Python values. Anything `==` cannot decide is not equal."""
+    answer, expected = (x.tolist() if hasattr(x, "tolist") else x for x in (answer, expected))
+    if isinstance(answer, (list, tuple)) and isinstance(expected, (list, tuple)):
+        return len(answer) == len(expected) and all(_same(a, e) for a, e in zip(answer, expected))
+    if isinstance(answer, bool) or isinstance(expected, bool):
+        return answer is expected
+    if isinstance(answer, numbers.Real) and isinstance(expected, numbers.Real):
+        return math.isclose(answer, expected, rel_tol=1e-9, abs_tol=1e-12)
+    try:
+        return bool(answer == expected)
+    except (TypeError, ValueError):
+        return False

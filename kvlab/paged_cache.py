@@ -58,6 +58,7 @@ class BlockPool:
 
     def allocate(self, n: int) -> list[int]:
         """Hand out `n` free blocks (lowest ids first, so runs are reproducible); each starts with one user."""
+        n = check_int("n", n, 0)  # a negative count would slice blocks off the end of the free list
         if n > self.n_free:
             raise ValueError(f"the block pool is exhausted: {n} more blocks needed, {self.n_free} of {self.n_blocks} "
                              f"free (block_size={self.block_size}); make a larger BlockPool or free some sequences")
@@ -68,12 +69,14 @@ class BlockPool:
 
     def share(self, block: int) -> None:
         """One more sequence uses `block`: no bytes move, the reference count goes up."""
+        block = check_int("block", block, 0, self.n_blocks - 1)  # -1 would silently name the last block
         if self.ref_counts[block] == 0:
             raise ValueError(f"block {block} is free: only allocated blocks can be shared")
         self.ref_counts[block] += 1
 
     def release(self, block: int) -> None:
         """One sequence stops using `block`; when nobody does, it is free again."""
+        block = check_int("block", block, 0, self.n_blocks - 1)
         if self.ref_counts[block] == 0:
             raise ValueError(f"block {block} is already free")
         self.ref_counts[block] -= 1

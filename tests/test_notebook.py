@@ -1,5 +1,6 @@
 """kvlab.notebook: the source a chapter shows is the code it runs, and exercise checks say what they found."""
 
+import numpy as np
 import pytest
 
 import kvlab
@@ -37,3 +38,27 @@ def test_check_answer_reports_unanswered_right_and_wrong(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == ["Not answered yet: replace None with your answer and run the cell again.", "Correct: 3",
                    "Not quite: you said 4. Count again."]
+
+
+# --- issue 13: answers compared by value ---
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ((2, 3), [2, 3]),  # a tuple for a list
+    (0.1 + 0.2, 0.3),  # floats within rounding
+    (np.array([1, 2]), [1, 2]),  # an array: no "ambiguous truth value"
+    (np.int64(7), 7),
+    (np.float32(0.5), 0.5),
+    ([0.1 + 0.2, "ValueError"], (0.3, "ValueError")),
+])
+def test_check_answer_compares_by_value(answer, expected, capsys):
+    assert check_answer(answer, expected)
+    assert capsys.readouterr().out.startswith("Correct")
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ((2, 3), [2, 3, 4]), (0.31, 0.3), (np.array([1, 2]), [1, 3]), ("TypeError", "ValueError"), (1, True),
+    (np.zeros((2, 2)), 0.0),
+])
+def test_check_answer_still_marks_wrong_answers_wrong(answer, expected, capsys):
+    assert not check_answer(answer, expected, hint="try again")
+    assert capsys.readouterr().out.startswith("Not quite")

@@ -186,3 +186,18 @@ def test_paged_reserved_tokens_equals_what_the_pool_hands_out(lengths, block_siz
             model(torch.zeros(1, n, dtype=torch.long), prefix.fork())
     total = [prefix_len + n for n in lengths]
     assert pool.n_allocated * block_size == memory.paged_reserved_tokens(total, block_size, shared_prefix=prefix_len)
+
+
+def test_block_pool_refuses_negative_counts_and_block_ids():
+    """allocate(-3) once sliced five blocks off the free list; share(-1) / release(-1) acted on the last block."""
+    pool = BlockPool(random_model().config, n_blocks=8, block_size=4)
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        pool.allocate(-3)
+    assert pool.n_free == 8 and pool.allocate(0) == []
+    (block,) = pool.allocate(1)
+    for call in (pool.share, pool.release):
+        with pytest.raises(ValueError, match=r"block must be an int in 0\.\.7"):
+            call(-1)
+        with pytest.raises(TypeError, match="block must be an int"):
+            call(float(block))
+    assert pool.ref_counts == [1] + [0] * 7  # nothing changed by the refused calls
