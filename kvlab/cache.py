@@ -19,7 +19,7 @@ import abc
 
 import torch
 
-from .checks import check_int, check_tensor
+from .checks import check_int, check_tensor, check_type
 
 __all__ = ["Cache", "DynamicCache", "StaticCache"]
 
@@ -168,6 +168,7 @@ class StaticCache(Cache):
                  device: torch.device | str | None = None) -> None:
         batch_size = check_int("batch_size", batch_size, 1)
         max_cache_len = check_int("max_cache_len", max_cache_len, 1)
+        check_type("dtype", dtype, torch.dtype, "a torch.dtype such as torch.float16")  # not the string "float16"
         shape = (batch_size, config.n_kv_head, max_cache_len, config.head_dim)  # (B, H_kv, T_max, D)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]

@@ -133,6 +133,8 @@ def generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, use_cach
     here; the loop adds no checks of its own (the model's per-call checks are O(1)).
     """
     _check_arguments(model, idx, max_new_tokens, use_cache, cache, temperature, top_k, eos_id)
+    if generator is not None:  # torch.manual_seed(0) returns one; a plain seed such as 0 is not one
+        check_type("generator", generator, torch.Generator, "a torch.Generator (or None)")
     if use_cache and cache is None:
         cache = DynamicCache()
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)  # rows that have emitted eos_id

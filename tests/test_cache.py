@@ -149,3 +149,9 @@ def test_gqa_dynamic_cache_after_generation_matches_the_formula(n_kv_head):
     kvlab.generate(model, torch.zeros(3, 5, dtype=torch.long), max_new_tokens=4, cache=cache)
     assert cache.nbytes == kv_cache_bytes(2, 3, 8, 32, 4, n_head=4, n_kv_head=n_kv_head) == 2 * 2 * 3 * 8 * (
         n_kv_head * 8) * 4
+
+
+def test_static_cache_names_a_dtype_given_as_a_string():
+    config = kvlab.GPTConfig(vocab_size=8, n_layer=1, n_head=2, d_model=8, max_seq_len=8)
+    with pytest.raises(TypeError, match=r"dtype must be a torch.dtype such as torch.float16, got 'float16' \(str\)"):
+        kvlab.StaticCache(config, 1, 4, dtype="float16")

@@ -336,3 +336,20 @@ def test_heavy_hitter_cache_stores_nothing_when_it_refuses_an_update(hello):
         logits = model(idx, cache)
     assert [cache.get_seq_length(layer) for layer in range(4)] == [idx.shape[1]] * 4
     torch.testing.assert_close(logits, model(idx), rtol=0, atol=1e-5)  # the prompt fits the budget's prefill
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_quantized_cache_refusing_a_token_keeps_nothing_of_it(bad):
+    """A key the quantizer refuses raises, and the cache holds exactly what it held before (it once kept it)."""
+    cache = QuantizedCache(bits=8)
+    first = torch.randn(1, 2, cache.residual_length + cache.group_size - 1, 16)
+    cache.update(first, first.clone(), 0)
+    before = (cache.get_seq_length(), cache.n_quantized(), cache.nbytes)
+    new = torch.randn(1, 2, cache.group_size + 1, 16)
+    new[0, 0, 0, 0] = bad  # lands in the next group to be quantized
+    with pytest.raises(ValueError, match="inf or nan"):
+        cache.update(new, new.clone(), 0)
+    assert (cache.get_seq_length(), cache.n_quantized(), cache.nbytes) == before
+    good = torch.randn(1, 2, 1, 16)
+    keys, _ = cache.update(good, good.clone(), 0)  # and it goes on from there
+    assert keys.shape[-2] == before[0] + 1 and torch.equal(keys[:, :, -1:], good)

@@ -337,3 +337,9 @@ def test_beam_search_needs_an_empty_cache_of_the_right_batch():
     too_narrow = kvlab.StaticCache(model.config, batch_size=1, max_cache_len=10)
     with pytest.raises(ValueError, match="does not fit the cache"):
         kvlab.beam_search(model, torch.tensor([[1, 2, 3, 4]]), 2, 3, cache=too_narrow)
+
+
+def test_generator_must_be_a_torch_generator():
+    model = random_model()
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator \(or None\), got 0 \(int\)"):
+        kvlab.generate(model, torch.zeros(1, 2, dtype=torch.long), 2, temperature=1.0, generator=0)
