@@ -146,13 +146,13 @@ class QuantizedCache(Cache):
             _check_new_kv(key, value)
             if self.bits == 4 and key.shape[-1] % 2:
                 raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {key.shape[-1]}")
-            groups, k, v = [], key.clone(), value.clone()  # copies of their own: `key` is a view into the qkv output
+            k, v = key.clone(), value.clone()  # copies of their own: `key` is a view into the qkv output
         else:
             _check_fits(key, value, self.recent_keys[layer_idx].shape, self.recent_keys[layer_idx].dtype)
-            groups = list(self.groups[layer_idx])
             k = torch.cat([self.recent_keys[layer_idx], key], dim=-2)
             v = torch.cat([self.recent_values[layer_idx], value], dim=-2)
         G = self.group_size
+        groups = []  # the groups this update quantizes, stored below with the rest
         while k.shape[-2] >= self.residual_length + G:  # the oldest G tokens become ints
             groups.append((quantize(k[:, :, :G], self.bits, dim=-2),  # keys: per channel
                            quantize(v[:, :, :G], self.bits, dim=-1)))  # values: per token
@@ -162,7 +162,8 @@ class QuantizedCache(Cache):
             self.recent_keys.append(k)
             self.recent_values.append(v)
         else:
-            self.groups[layer_idx], self.recent_keys[layer_idx], self.recent_values[layer_idx] = groups, k, v
+            self.groups[layer_idx].extend(groups)
+            self.recent_keys[layer_idx], self.recent_values[layer_idx] = k, v
         keys = [dequantize(k) for k, _ in self.groups[layer_idx]] + [self.recent_keys[layer_idx]]
         values = [dequantize(v) for _, v in self.groups[layer_idx]] + [self.recent_values[layer_idx]]
         return torch.cat(keys, dim=-2), torch.cat(values, dim=-2)  # old (dequantised) first, the new tokens last
