@@ -3,14 +3,16 @@
     kvlab memory --preset gpt3-175b --batch 16 --seq-len 1024 --dtype fp16
     kvlab generate --prompt h [--no-cache]
     kvlab info
-    kvlab bench [--quick] [--out benchmarks/results/latest.json]
+    kvlab bench [--quick] [--out PATH [--force]] [--update-committed]
 
-A mistake in the arguments prints one line and exits with status 2, never a traceback.
+A mistake in the arguments prints one line and exits with status 2, never a traceback: each count is parsed with
+its allowed range (`_count`), so even a 400-digit number is named and refused by argparse before any library call.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -28,27 +30,49 @@ class _UsageError(Exception):
     pass
 
 
+MAX_COUNT = 10**15  # beyond any real layer, head, token or parameter count; bytes stay exact and printable
+
+
+def _count(minimum: int, maximum: int = MAX_COUNT):
+    """An argparse `type` for an int option in [minimum, maximum]: argparse then names the option and the range.
+
+    Checking here, not in the library, keeps a typo such as a 400-digit --seq-len from reaching arithmetic that
+    would overflow a float; the library's own checks still hold for values inside the range."""
+    def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-")
+        if digits.isdigit() and len(digits) > 20:  # int() of thousands of digits is refused by Python itself
+            raise argparse.ArgumentTypeError(f"must be an int from {minimum:,} to {maximum:,}, "
+                                             f"got a {len(digits)}-digit number")
+        value = int(text)  # a ValueError here becomes argparse's "invalid int value: 'x'"
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be an int from {minimum:,} to {maximum:,}, got {value:,}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kvlab", description="The KV-cache course's numbers from a terminal.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     mem = commands.add_parser("memory", help="KV-cache bytes of a model (a preset or your own sizes)")
     mem.add_argument("--preset", help=f"one of: {', '.join(memory.MODEL_PRESETS)}")
-    mem.add_argument("--n-layer", type=int, help="layers (overrides the preset)")
-    mem.add_argument("--hidden", type=int, help="hidden size d_model (overrides the preset)")
-    mem.add_argument("--n-head", type=int, help="attention heads (overrides the preset)")
-    mem.add_argument("--n-kv-head", type=int, help="key/value heads, < n_head for GQA/MQA (overrides the preset)")
-    mem.add_argument("--batch", type=int, default=1)
-    mem.add_argument("--seq-len", type=int, required=True)
+    mem.add_argument("--n-layer", type=_count(1), help="layers (overrides the preset)")
+    mem.add_argument("--hidden", type=_count(1), help="hidden size d_model (overrides the preset)")
+    mem.add_argument("--n-head", type=_count(1), help="attention heads (overrides the preset)")
+    mem.add_argument("--n-kv-head", type=_count(1), help="key/value heads, < n_head for GQA/MQA (overrides the preset)")
+    mem.add_argument("--batch", type=_count(0), default=1)
+    mem.add_argument("--seq-len", type=_count(0), required=True)
     mem.add_argument("--dtype", default="fp16", choices=list(memory.DTYPE_BYTES))
     # chapter 06: where the cache sits on a GPU next to the weights
     mem.add_argument("--gpu-gib", type=float, help="GPU memory in GiB: also show weights, room left and what fits")
-    mem.add_argument("--params", type=int, help="parameter count for the weights (default: the preset's)")
+    mem.add_argument("--params", type=_count(0), help="parameter count for the weights (default: the preset's)")
     mem.add_argument("--weight-dtype", choices=list(memory.DTYPE_BYTES), help="dtype of the weights (default: --dtype)")
 
     gen = commands.add_parser("generate", help="continue a prompt with the hello model")
     gen.add_argument("--prompt", default="h")
-    gen.add_argument("--max-new-tokens", type=int, default=4)
+    gen.add_argument("--max-new-tokens", type=_count(1), default=4)
     gen.add_argument("--no-cache", action="store_true", help="recompute every position at every step")
 
     commands.add_parser("info", help="versions, device and threads")
@@ -56,11 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     # --- benchmarks: the course's speed claims side by side (kvlab.bench) ---
     bench = commands.add_parser("bench", help="measure the course's speed figures in one run: table, JSON, plot")
     bench.add_argument("--quick", action="store_true", help="shorter runs, fewer repeats (CI runs it)")
-    bench.add_argument("--out", help="JSON file to write (default: benchmarks/results/latest.json, or "
-                                     "benchmarks/results/quick.json with --quick)")
+    bench.add_argument("--out", help="JSON file to write (default: a new kvlab-bench-<plan>-<date>-<time>.json in the "
+                                     "current folder); an existing file is refused unless --force")
     bench.add_argument("--plot", help="PNG file to write (default: the JSON's path with .png)")
     bench.add_argument("--no-plot", action="store_true", help="write no PNG")
-    bench.add_argument("--threads", type=int, default=1, help="torch CPU threads for the whole run (default 1)")
+    bench.add_argument("--force", action="store_true", help="replace an existing --out / --plot file")
+    bench.add_argument("--update-committed", action="store_true",
+                       help="maintainers: replace the repository's benchmarks/results/latest.json and .png")
+    bench.add_argument("--threads", type=_count(1, os.cpu_count() or 1), default=1,
+                       help="torch CPU threads for the whole run (default 1, at most this machine's cores)")
     bench.add_argument("--no-transformers", action="store_true", help="skip figure 2 (kvlab vs transformers)")
     return parser
 
@@ -128,33 +156,31 @@ def _info(args: argparse.Namespace) -> str:
 
 
 def _bench(args: argparse.Namespace) -> str:
-    """`kvlab bench`: run `kvlab.bench.run_benchmarks`, write the JSON (and a PNG), return the table."""
-    from pathlib import Path
+    """`kvlab bench`: check where to write (`bench.output_paths`), run, print the table, then write JSON and PNG.
 
+    The paths are checked before the run and the table is printed before the files are written, so neither a bad
+    path nor a failed write costs the minute and a half of measuring."""
     from . import bench
-    from .checks import check_int
 
-    check_int("--threads", args.threads, 1)
     plan = "quick" if args.quick else "default"
-    out = Path(args.out or (bench.DEFAULT_OUT if plan == "default" else "benchmarks/results/quick.json"))
-    if out.suffix != ".json":  # checked before the run, not after it
-        raise ValueError(f"--out must name a .json file, got {str(out)!r}")
-    plot = None if args.no_plot else Path(args.plot or out.with_suffix(".png"))
-    if plot is not None and plot.suffix != ".png":
-        raise ValueError(f"--plot must name a .png file, got {str(plot)!r}")
-    results = bench.run_benchmarks(plan, threads=args.threads, progress=True,
-                                   with_transformers=False if args.no_transformers else None)
-    written = [bench.save_results(results, out)]
-    results = bench.load_results(out)  # the table and plot show exactly what the file holds (rounded)
-    if plot is not None:
-        import matplotlib.pyplot as plt
+    paths = bench.output_paths(plan=plan, out=args.out, plot=args.plot, no_plot=args.no_plot, force=args.force,
+                               update_committed=args.update_committed)
+    results = bench.rounded_results(bench.run_benchmarks(  # the table and plot show what the file holds
+        plan, threads=args.threads, progress=True, with_transformers=False if args.no_transformers else None))
+    print(f"{bench.format_table(results)}\n{bench.closing_note(results)}", flush=True)
+    try:
+        written = [bench.save_results(results, paths.json)]
+        if paths.png is not None:
+            import matplotlib.pyplot as plt
 
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        figure = bench.plot_benchmark(results)
-        figure.savefig(plot)
-        plt.close(figure)
-        written.append(str(plot))
-    return f"{bench.format_table(results)}\n{bench.closing_note(results)}\nwrote {', '.join(written)}"
+            figure = bench.plot_benchmark(results)
+            figure.savefig(paths.png)
+            plt.close(figure)
+            written.append(str(paths.png))
+    except OSError as error:
+        raise ValueError(f"could not write {error.filename or paths.json}: {error.strerror}; "
+                         f"the table above holds the results") from None
+    return f"wrote {', '.join(written)}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,9 @@
 """Train the hello model from scratch: ``python -m kvlab.train_hello`` (about half a minute on 2 CPU cores).
 
+The weights go to a new ``hello_model.pt`` in the current folder (``--out`` names another file; an existing one is
+kept unless ``--force``), which `kvlab.hello.load_model` loads. Only ``--replace-shipped`` replaces the weights
+shipped in the package.
+
 Deterministic: the corpus, the initial weights and the order of the training windows all come from fixed seeds, so
 the same machine with the same thread count reproduces the shipped weights bit for bit (other machines may differ
 in the last float bits, and still give a model that turns "h" into "hello").
@@ -15,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int, check_one_of, check_type
+from .checks import check_int, check_number, check_one_of, check_type
 from .corpus import make_corpus
-from .hello import HELLO_CONFIG, HELLO_WEIGHTS
+from .hello import HELLO_CONFIG, HELLO_KV_HEAD_WEIGHTS, HELLO_WEIGHTS
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
@@ -34,6 +38,10 @@ def _line_start_windows(data: torch.Tensor, newline_id: int, block: int) -> torc
 def train_hello_model(steps: int = 600, batch_size: int = 16, lr: float = 3e-3, seed: int = 0,
                       config: GPTConfig | None = None, log_every: int = 100) -> tuple[TinyGPT, CharTokenizer]:
     """Next-token training on the project's corpus with AdamW; returns the model in eval mode and its tokenizer."""
+    check_int("steps", steps, 1)  # zero steps would return an untrained model without a word
+    check_int("batch_size", batch_size, 1)
+    check_number("lr", lr, 0, inclusive=False)
+    check_int("log_every", log_every, 0)
     torch.manual_seed(seed)
     text = "\n".join(make_corpus(seed=seed)) + "\n"
     tokenizer = CharTokenizer.from_text(text)
@@ -67,29 +75,59 @@ def save_model(model: TinyGPT, tokenizer: CharTokenizer, path: str | Path) -> No
     torch.save({"config": asdict(model.config), "chars": tokenizer.chars, "state_dict": model.state_dict()}, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Retrain the shipped hello model, or with ``--kv-heads`` its GQA/MQA siblings of chapter 08."""
-    from .hello import HELLO_KV_HEAD_WEIGHTS
+MAX_STEPS = 1_000_000  # the shipped model takes 600; a typo of a few more digits would train for days
 
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kv-heads", action="store_true",
                         help="train the n_kv_head = 2 and 1 models of chapter 08 instead of the hello model")
-    parser.add_argument("--out", type=Path, help="where to write the weights (default: the shipped file)")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--out", type=Path, help="where to write the weights (default: hello_model.pt, or "
+                                                 "hello_kv_heads.pt with --kv-heads, in the current folder)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.add_argument("--replace-shipped", action="store_true",
+                        help="maintainers: replace the weights shipped in the package (kvlab/data/)")
+    parser.add_argument("--steps", type=int, default=600, help=f"training steps, 1 to {MAX_STEPS:,} (default 600)")
     args = parser.parse_args(argv)
+    try:
+        check_int("--steps", args.steps, 1, MAX_STEPS)
+        args.out = _output_path(args)
+    except ValueError as error:
+        parser.error(str(error))  # one usage line and exit status 2, before any training
+    return args
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    """The file to write, checked before training: a new file in the current folder by default, so that a short
+    experiment never replaces the shipped model (inside site-packages for a normal install); the shipped file only
+    with --replace-shipped."""
+    from .bench.paths import check_writable
+
+    shipped = HELLO_KV_HEAD_WEIGHTS if args.kv_heads else HELLO_WEIGHTS
+    if args.replace_shipped:
+        if args.out is not None:
+            raise ValueError("--replace-shipped writes the shipped weights; drop --out")
+        return check_writable(Path(shipped), "--replace-shipped", overwrite=True)
+    out = Path.cwd() / Path(shipped).name if args.out is None else args.out
+    return check_writable(out, "--out", overwrite=args.force)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Train the hello model (or with ``--kv-heads`` its GQA/MQA siblings of chapter 08) into a new file."""
+    args = _parse_args(argv)
     start = time.perf_counter()
     if args.kv_heads:
-        out = args.out or HELLO_KV_HEAD_WEIGHTS
         models = train_kv_head_models(steps=args.steps)
-        save_kv_head_models(models, out)
+        save_kv_head_models(models, args.out)
         what = f"n_kv_head = {', '.join(map(str, models))}"
     else:
-        out = args.out or HELLO_WEIGHTS
         model, tokenizer = train_hello_model(steps=args.steps)
-        save_model(model, tokenizer, out)
+        save_model(model, tokenizer, args.out)
         what = f"{model.n_params:,} parameters"
     print(f"trained {what} in {time.perf_counter() - start:.1f} s on {torch.get_num_threads()} threads; "
-          f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
+          f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+    if not args.kv_heads and not args.replace_shipped:
+        print(f"load it with kvlab.hello.load_model({str(args.out)!r})")
 
 
 # --- chapter 08: fewer K/V heads (GQA and MQA) ---

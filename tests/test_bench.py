@@ -41,7 +41,7 @@ def _positive_finite(value) -> bool:
 
 def _committed(**changes) -> bench.BenchResults:
     """The committed default run, with some headline values changed (targets not yet checked)."""
-    results = bench.load_results(ROOT / bench.DEFAULT_OUT)
+    results = bench.load_results(ROOT / bench.COMMITTED_RESULTS)
     return dataclasses.replace(results, targets={}, **changes)
 
 
@@ -227,7 +227,7 @@ def test_results_round_trip_through_json_with_floats_rounded(tmp_path):
 
 
 def test_table_and_note_of_the_committed_run():
-    results = bench.load_results(ROOT / bench.DEFAULT_OUT)
+    results = bench.load_results(ROOT / bench.COMMITTED_RESULTS)
     table = bench.format_table(results)
     assert "1  cache speed-up, 512 new tokens (small)" in table and "26.2×" in table
     assert "3  StaticCache decode latency, position 2000 ÷ 100" in table
@@ -282,7 +282,7 @@ def test_bad_input_names_the_value(call, error, message):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "--threads", "0"], "--threads must be an int >= 1, got 0"),
+    (["bench", "--threads", "0"], "argument --threads: must be an int from 1 to "),
     (["bench", "--out", "results.csv"], "--out must name a .json file, got 'results.csv'"),
     (["bench", "--plot", "plot.svg"], "--plot must name a .png file, got 'plot.svg'"),
     (["bench", "--threads", "two"], "invalid int value: 'two'"),
@@ -305,7 +305,7 @@ def test_import_kvlab_does_not_import_the_benchmark_suite():
 
 def test_readmes_quote_the_committed_default_run():
     """The Performance tables are the committed run's numbers, rounded, not numbers typed by hand."""
-    r = bench.load_results(ROOT / bench.DEFAULT_OUT)
+    r = bench.load_results(ROOT / bench.COMMITTED_RESULTS)
     assert r.plan.name == "default" and all(t.met is not False for t in r.targets.values())
     quoted = [f"{r.cache_speedup:.1f}×", f"{r.elapsed_s:.0f} s",
               ", ".join(f"{s:.1f}×" for s in r.speedup_by_T.values()),
@@ -318,4 +318,4 @@ def test_readmes_quote_the_committed_default_run():
     for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
         text = readme.read_text(encoding="utf-8")
         missing = [q for q in quoted if q not in text]
-        assert not missing, f"{readme.name} does not quote {missing} from {bench.DEFAULT_OUT}"
+        assert not missing, f"{readme.name} does not quote {missing} from {bench.COMMITTED_RESULTS}"

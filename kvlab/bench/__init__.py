@@ -48,15 +48,23 @@ from .figures import (
     kernel_floor_seconds,
     make_model,
 )
-from .report import TARGETS, check_targets, closing_note, format_table, load_results, plot_benchmark, save_results
+from .paths import COMMITTED_RESULTS, output_paths
+from .report import (
+    TARGETS,
+    check_targets,
+    closing_note,
+    format_table,
+    load_results,
+    plot_benchmark,
+    rounded_results,
+    save_results,
+)
 from .results import PLANS, BenchPlan, BenchResults, Details, Figure2, Machine, ModelInfo
 
-__all__ = ["run_benchmarks", "BenchResults", "BenchPlan", "PLANS", "BENCH_MODELS", "TARGETS", "DEFAULT_OUT",
+__all__ = ["run_benchmarks", "BenchResults", "BenchPlan", "PLANS", "BENCH_MODELS", "TARGETS", "COMMITTED_RESULTS",
            "make_model", "decode_weight_bytes", "kernel_floor_seconds", "decode_step_seconds",
            "compare_with_transformers", "check_targets", "format_table", "closing_note", "save_results",
-           "load_results", "plot_benchmark"]
-
-DEFAULT_OUT = "benchmarks/results/latest.json"
+           "load_results", "plot_benchmark", "rounded_results", "output_paths"]
 
 
 def _cpu_name() -> str:

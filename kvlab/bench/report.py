@@ -17,7 +17,7 @@ from ..checks import check_type
 from .results import BenchResults, Target
 
 __all__ = ["TargetSpec", "TARGETS", "TARGET_T", "check_targets", "format_table", "closing_note", "save_results",
-           "load_results", "plot_benchmark"]
+           "rounded_results", "load_results", "plot_benchmark"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,13 @@ def save_results(results: BenchResults, path: str | os.PathLike) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_jsonable(results.to_dict()), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return str(path)
+
+
+def rounded_results(results: BenchResults) -> BenchResults:
+    """`results` exactly as `save_results` writes them and `load_results` reads them back (floats rounded), so that
+    the table printed before the file is written shows the file's numbers."""
+    check_type("results", results, BenchResults, "the BenchResults run_benchmarks returns")
+    return BenchResults.from_dict(json.loads(json.dumps(_jsonable(results.to_dict()))))
 
 
 def load_results(path: str | os.PathLike) -> BenchResults:
