@@ -45,12 +45,12 @@ def test_info(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["memory", "--preset", "gpt5", "--seq-len", "3"], "preset must be one of"),
-    (["memory", "--preset", "gpt2-small", "--seq-len", "-3"], "seq_len must be an int >= 0, got -3"),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "-3"], "argument --seq-len: must be an int from 0 to "),
     (["memory", "--preset", "gpt2-small", "--seq-len", "3", "--dtype", "fp8"], "invalid choice: 'fp8'"),
     (["memory", "--seq-len", "3"], "give --preset, or both --n-layer and --hidden"),
     (["memory", "--n-layer", "2", "--hidden", "64", "--n-kv-head", "2", "--seq-len", "3"], "needs --n-head"),
     (["generate", "--prompt", "Hi"], "characters 'H' are not in the vocabulary"),
-    (["generate", "--max-new-tokens", "0"], "max_new_tokens must be an int >= 1, got 0"),
+    (["generate", "--max-new-tokens", "0"], "argument --max-new-tokens: must be an int from 1 to "),
     (["bogus"], "invalid choice: 'bogus'"),
     ([], "required"),
 ])
@@ -127,3 +127,42 @@ def test_memory_command_prints_one_error_line_not_a_traceback(capsys, argv, mess
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+_COUNT_OPTIONS = [  # (command line without the option, option, smallest allowed)
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8"], "--n-layer", 1),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8"], "--hidden", 1),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8", "--n-kv-head", "1"], "--n-head", 1),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8", "--n-head", "12"], "--n-kv-head", 1),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8"], "--batch", 0),
+    (["memory", "--preset", "gpt2-small"], "--seq-len", 0),
+    (["memory", "--preset", "gpt2-small", "--seq-len", "8", "--gpu-gib", "80"], "--params", 0),
+    (["generate", "--prompt", "h"], "--max-new-tokens", 1),
+    (["bench", "--out", "never-written.json"], "--threads", 1),
+]
+
+
+@pytest.mark.parametrize("argv, option, minimum", _COUNT_OPTIONS)
+@pytest.mark.parametrize("value, shown", [("9" * 400, "got a 400-digit number"), ("-3", "got -3"),
+                                          ("10000000000000001", "got 10,000,000,000,000,001"), ("x", None)])
+def test_every_count_option_names_itself_and_its_range(capsys, monkeypatch, tmp_path, argv, option, minimum, value,
+                                                       shown):
+    """Huge, negative and non-numeric counts: one argparse line naming the option, exit 2, before any work."""
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, option, value]) == 2
+    err = capsys.readouterr().err
+    expected = f"argument {option}: invalid int value: 'x'" if value == "x" else \
+        f"argument {option}: must be an int from {minimum} to "
+    assert expected in err and (shown is None or shown in err), err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, option, minimum", [case for case in _COUNT_OPTIONS if case[2] == 1])
+def test_zero_is_refused_where_a_count_starts_at_one(capsys, argv, option, minimum):
+    assert main([*argv, option, "0"]) == 2
+    assert f"argument {option}: must be an int from 1 to " in capsys.readouterr().err
+
+
+def test_zero_tokens_or_rows_is_an_empty_cache(capsys):
+    assert main(["memory", "--preset", "gpt2-small", "--seq-len", "0"]) == 0
+    assert "KV cache: 0 bytes" in capsys.readouterr().out
