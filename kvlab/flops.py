@@ -262,5 +262,9 @@ def arithmetic_intensity(config, n_new: int, n_past: int = 0, bytes_per_elem: fl
     more, until the rows' own KV caches, which nobody shares, dominate the bytes.
     """
     check_int("batch_size", batch_size, 1)
-    return batch_size * forward_flops(config, n_new, n_past) / bytes_moved(config, n_new, n_past, bytes_per_elem,
-                                                                          batch_size)
+    moved = bytes_moved(config, n_new, n_past, bytes_per_elem, batch_size)
+    try:
+        return batch_size * forward_flops(config, n_new, n_past) / moved
+    except OverflowError:  # int / int past float range: only for absurd lengths
+        raise ValueError(f"the arithmetic intensity of n_new={n_new}, n_past={n_past} is beyond the float range "
+                         f"(about 1.8e308 FLOP/byte)") from None

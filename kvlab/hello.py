@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .checks import _shown, check_int, check_one_of
+from .checks import _shown, check_int, check_one_of, check_type
 from .model import GPTConfig, TinyGPT
 from .tokenizer import CharTokenizer
 
@@ -42,6 +42,7 @@ def _checked_device(device: torch.device | str) -> torch.device:
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[TinyGPT, CharTokenizer]:
     """A model saved by `kvlab.train_hello.save_model`, in eval mode, with its tokenizer."""
+    check_type("path", path, (str, Path), "a file path (str or pathlib.Path)")
     device = _checked_device(device)
     # tensors only: no code is unpickled; loaded on the CPU, then moved (torch.load maps "cpu:0" to nothing)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -455,3 +455,11 @@ def test_decode_intensity_with_a_long_cache_rises_to_a_ceiling():
 def test_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_arithmetic_intensity_beyond_float_range_is_a_value_error():
+    """10**400 new tokens: int / int raised OverflowError; a huge bytes_per_elem too (in the check)."""
+    with pytest.raises(ValueError, match="n_new=1000.*is beyond the float range"):
+        arithmetic_intensity(chapter_config(), 10**400)
+    with pytest.raises(ValueError, match="bytes_per_elem must be a finite number > 0, got an int of 401 digits"):
+        arithmetic_intensity(chapter_config(), 1, bytes_per_elem=10**400)

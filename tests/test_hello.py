@@ -189,3 +189,8 @@ def test_loaders_take_what_torch_accepts_for_this_machine():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=re.escape("device 'cuda' is not available on this machine")):
             kvlab.load_hello_model("cuda")
+
+
+def test_load_model_names_a_path_that_is_not_one():
+    with pytest.raises(TypeError, match=re.escape("path must be a file path (str or pathlib.Path), got None")):
+        load_model(None)

@@ -186,6 +186,15 @@ def test_plot_attention_weights_refuses_what_is_not_a_softmax(hello, make_bad, e
     plt.close("all")
 
 
+def test_plot_attention_weights_names_tokens_that_are_not_a_list(hello):
+    model, tokenizer = hello
+    weights = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0).weights
+    with pytest.raises(TypeError, match="tokens must be a list of labels, one per position, got int"):
+        plots.plot_attention_weights(weights, tokens=4)
+    plots.plot_attention_weights(weights, tokens="hell")  # a string: one character per position
+    plt.close("all")
+
+
 def test_plot_attention_weights_takes_low_precision_and_fully_masked_rows(hello):
     model, tokenizer = hello
     weights = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0).weights

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -15,6 +17,8 @@ def position_labels(T: int, tokens=None) -> list[str]:
     """
     if tokens is None:
         return [str(i) for i in range(1, T + 1)]
+    if not isinstance(tokens, Iterable):  # a str is fine: one character per position
+        raise TypeError(f"tokens must be a list of labels, one per position, got {type(tokens).__name__}")
     tokens = list(tokens)
     if len(tokens) != T:
         raise ValueError(f"tokens must have one entry per position: {T} positions, {len(tokens)} tokens")
