@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
+import operator
 from collections.abc import Iterable
 
 import torch
@@ -64,12 +64,19 @@ class CharTokenizer:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             hint = " (to turn text into ids, use encode)" if isinstance(ids, str) else ""
             raise TypeError(f"ids must be {_IDS}, got {_shown(ids)}{hint}")
-        ids = list(ids)
-        for position, token in enumerate(ids):
-            if isinstance(token, bool) or not isinstance(token, numbers.Integral):
-                hint = " (for a batch, decode each row)" if isinstance(token, (list, tuple, torch.Tensor)) else ""
+        checked = []
+        for position, token in enumerate(ids):  # ints, numpy ints and 0-d integer tensors (`predicted[t]`) index
+            try:
+                checked.append(operator.index(token))
+            except (TypeError, RuntimeError):
+                token_index_failed = True
+            else:
+                token_index_failed = isinstance(token, bool)  # True is an int to Python, not a token id
+            if token_index_failed:
+                row = isinstance(token, (list, tuple)) or (isinstance(token, torch.Tensor) and token.dim() > 0)
+                hint = " (for a batch, decode each row)" if row else ""
                 raise TypeError(f"ids[{position}] must be an int token id, got {_shown(token)}{hint}")
-        return [int(token) for token in ids]
+        return checked
 
     def encode_batch(self, text: str) -> torch.Tensor:
         """One prompt as a (1, T) tensor, the shape the model and `generate` take."""
