@@ -63,7 +63,11 @@ def check_number(name: str, value: Any, minimum: float | None = None, maximum: f
     allowed = _range("a finite number", minimum, maximum, inclusive)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {allowed}, got {_shown(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int past 1.8e308: no float holds it
+        raise ValueError(f"{name} must be {allowed}, got an int of {len(str(abs(value)))} digits, beyond the float "
+                         f"range (about 1.8e308)") from None
     low_ok = minimum is None or (value >= minimum if inclusive else value > minimum)
     high_ok = maximum is None or (value <= maximum if inclusive else value < maximum)
     if not (math.isfinite(value) and low_ok and high_ok):

@@ -111,15 +111,11 @@ def decode_step_flops(config, t: int, use_cache: bool = True) -> int:
 def generation_flops(config, prompt_len: int, n_new: int, use_cache: bool = True) -> int:
     """Total FLOPs to generate `n_new` tokens after a prompt of `prompt_len`, as `kvlab.generate` does it.
 
-    The first token comes from a forward over the prompt (prefill); each later token from one decode step.
+    The first token comes from a forward over the prompt (prefill); each later token from one decode step:
+    ``forward_flops(config, prompt_len) + Σ decode_step_flops(config, t)`` for t = prompt_len+1 .. prompt_len+n_new-1.
+    That sum is taken in closed form (`generation_flops_split`), exactly, so a million tokens cost no more than ten.
     """
-    check_int("prompt_len", prompt_len, 1)
-    check_int("n_new", n_new, 1)
-    check_bool("use_cache", use_cache)
-    total = forward_flops(config, prompt_len, 0)  # prefill, the same with or without a cache
-    for t in range(prompt_len + 1, prompt_len + n_new):
-        total += decode_step_flops(config, t, use_cache)
-    return total
+    return sum(generation_flops_split(config, prompt_len, n_new, use_cache).values())
 
 
 def split_dense_attention(breakdown: dict[str, int]) -> dict[str, int]:
@@ -266,5 +262,9 @@ def arithmetic_intensity(config, n_new: int, n_past: int = 0, bytes_per_elem: fl
     more, until the rows' own KV caches, which nobody shares, dominate the bytes.
     """
     check_int("batch_size", batch_size, 1)
-    return batch_size * forward_flops(config, n_new, n_past) / bytes_moved(config, n_new, n_past, bytes_per_elem,
-                                                                          batch_size)
+    moved = bytes_moved(config, n_new, n_past, bytes_per_elem, batch_size)
+    try:
+        return batch_size * forward_flops(config, n_new, n_past) / moved
+    except OverflowError:  # int / int past float range: only for absurd lengths
+        raise ValueError(f"the arithmetic intensity of n_new={n_new}, n_past={n_past} is beyond the float range "
+                         f"(about 1.8e308 FLOP/byte)") from None

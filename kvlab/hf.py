@@ -43,7 +43,7 @@ except ImportError as exc:  # the optional dependency is missing: say how to get
 
 import torch
 
-from .checks import check_int, check_one_of, check_type
+from .checks import check_int, check_one_of, check_tensor, check_type
 from .model import GPTConfig, TinyGPT
 
 __all__ = ["TESTED_MAJOR", "weight_names", "to_gpt2_config", "from_gpt2_config", "to_transformers", "from_transformers",
@@ -203,9 +203,26 @@ def forward(hf_model: GPT2LMHeadModel, input_ids: torch.Tensor,
     check_type("hf_model", hf_model, GPT2LMHeadModel, "a transformers.GPT2LMHeadModel")
     check_type("cache", cache, (cache_utils.Cache, type(None)), "None or a transformers Cache (e.g. DynamicCache); "
                "a kvlab cache or a tuple of (key, value) pairs does not fit transformers 5")
+    _check_input_ids(hf_model.config, input_ids, 0 if cache is None else cache.get_seq_length())
     name = cache_argument_name()
     output = hf_model(input_ids, use_cache=True, **{name: cache})
     return output.logits, output[name]
+
+
+def _check_input_ids(config: GPT2Config, input_ids: torch.Tensor, past: int) -> None:
+    """What GPT-2 would answer with an IndexError from its embedding tables (or, on a GPU, a device-side assert):
+    a token id outside the vocabulary, or more positions than its `n_positions`. One min/max pass, once per call."""
+    check_tensor("input_ids", input_ids, dim=2, dtypes=(torch.int64, torch.int32),
+                 what="a (batch, seq_len) tensor of token ids")
+    if input_ids.numel() == 0:
+        raise ValueError(f"input_ids must hold at least one row and one token, got shape {tuple(input_ids.shape)}")
+    if past + input_ids.shape[1] > config.n_positions:
+        raise ValueError(f"sequence of {past + input_ids.shape[1]} tokens ({past} cached + {input_ids.shape[1]} new) "
+                         f"exceeds the model's n_positions={config.n_positions}")
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= config.vocab_size:
+        raise ValueError(f"token id {low if low < 0 else high} in input_ids is out of range: ids must be in "
+                         f"0..{config.vocab_size - 1}")
 
 
 def cache_nbytes(cache: cache_utils.Cache) -> int:

@@ -29,10 +29,8 @@ def bytes_per_element(dtype: str) -> float:
 
 
 def _whole_bytes(n_elements: int, bytes_per_elem: float) -> int:
-    """Multiply exactly (Fraction, not float) so 0.5-byte int4 never drifts on huge counts.
-
-    Rounds up: a partly used byte still has to be allocated.
-    """
+    """Multiply exactly (Fraction, not float) so 0.5-byte int4 never drifts on huge counts; round up, since a partly
+    used byte still has to be allocated."""
     return math.ceil(n_elements * Fraction(bytes_per_elem))
 
 
@@ -151,27 +149,24 @@ def get_preset(name: str) -> ModelPreset:
 # --- chapter 05: bytes in both units ---
 
 
-def _scaled(n_bytes: float, base: int, units: tuple[str, ...]) -> str:
-    """Divide by `base` while the rounded value still reaches it, so we never print '1024.0 KiB'."""
-    value, unit = float(n_bytes), units[0]
+def _scaled(n_bytes: Fraction, base: int, units: tuple[str, ...]) -> str:
+    """Divide by `base` while the rounded value still reaches it (never '1024.0 KiB'); exact, so any int fits."""
+    value, unit = n_bytes, units[0]
     for bigger in units[1:]:
         if round(value, 1) < base:
             break
         value, unit = value / base, bigger
-    return f"{value:.1f} {unit}"
+    return "{}.{} {}".format(*divmod(round(value * 10), 10), unit)  # one decimal, rounded half to even
 
 
 def format_bytes(n_bytes: int) -> str:
-    """Both binary and decimal units, e.g. '72.0 GiB (77.3 GB)'.
-
-    GPUs are sold in one unit and report memory in the other; showing both stops
-    a 7% gap from looking like a bug.
-    """
-    check_number("n_bytes", n_bytes, 0)  # (an int beyond float range raises OverflowError, which callers catch)
+    """Both binary and decimal units, e.g. '72.0 GiB (77.3 GB)': GPUs are sold in one unit and report memory in
+    the other; showing both stops a 7% gap from looking like a bug."""
+    (check_int if isinstance(n_bytes, int) else check_number)("n_bytes", n_bytes, 0)  # an int: any size, no float
     if n_bytes < 1024:
         return f"{n_bytes} B"
-    binary = _scaled(n_bytes, 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
-    decimal = _scaled(n_bytes, 1000, ("B", "kB", "MB", "GB", "TB", "PB"))
+    binary = _scaled(Fraction(n_bytes), 1024, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+    decimal = _scaled(Fraction(n_bytes), 1000, ("B", "kB", "MB", "GB", "TB", "PB"))
     return f"{binary} ({decimal})"
 
 
@@ -188,17 +183,15 @@ def max_tokens_that_fit(preset: ModelPreset, memory_bytes: int, bytes_per_elem: 
                         weight_bytes: int | None = None) -> int:
     """How many cached tokens (batch_size × seq_len, summed) fit beside the weights.
 
-    An upper bound: real servers also need room for activations, the CUDA context
-    and fragmentation. Returns 0 when the weights alone do not fit.
-    `weight_bytes` defaults to the weights stored in the same dtype as the cache.
+    An upper bound: real servers also need room for activations, the CUDA context and fragmentation. Returns 0
+    when the weights alone do not fit. `weight_bytes` defaults to the weights stored in the same dtype as the cache.
     """
     check_type("preset", preset, ModelPreset, "a ModelPreset (see get_preset)")
     check_int("memory_bytes", memory_bytes, 0)
     if weight_bytes is None:
         weight_bytes = preset.weight_bytes(bytes_per_elem)
     check_int("weight_bytes", weight_bytes, 0)
-    free = memory_bytes - weight_bytes
-    return max(free, 0) // kv_bytes_per_token(preset, bytes_per_elem)
+    return max(memory_bytes - weight_bytes, 0) // kv_bytes_per_token(preset, bytes_per_elem)
 
 
 def tokens_to_outgrow_weights(preset: ModelPreset, bytes_per_elem: float = 2, weight_bytes: int | None = None) -> int:
@@ -276,9 +269,17 @@ class MemoryReport:
     @property
     def cache_share_of_free(self) -> float:
         """Share of the memory left after the weights that this cache takes; above 1 it does not fit."""
-        if self.free_bytes == 0:
+        if self.free_bytes == 0 or self.cache_bytes // self.free_bytes > 10**300:  # inf: past float range
             return 0.0 if self.cache_bytes == 0 else math.inf
         return self.cache_bytes / self.free_bytes
+
+
+def _percent(part: int, whole: int, decimals: int) -> str:
+    """part / whole as '1,234.5%', in exact integer arithmetic: a ratio of two huge counts can exceed any float."""
+    if whole == 0 and part:
+        return "inf%"
+    scaled = round(Fraction(part * 100 * 10**decimals, whole or 1))
+    return f"{scaled // 10**decimals:,}" + (f".{scaled % 10**decimals:0{decimals}d}" if decimals else "") + "%"
 
 
 def memory_report(n_layer: int, d_model: int, n_head: int | None, n_kv_head: int | None, batch_size: int,
@@ -326,8 +327,7 @@ def bytes_line(n_bytes: int) -> str:
 
 def format_report(report: MemoryReport) -> str:
     """The report as the lines the CLI prints and the calculator shows (the first three match `kvlab memory`)."""
-    check_type("report", report, MemoryReport, "a MemoryReport (see memory_report)")
-    r = report
+    r = check_type("report", report, MemoryReport, "a MemoryReport (see memory_report)")
     shape = {"n_layer": r.n_layer, "d_model": r.d_model, "n_head": r.n_head, "n_kv_head": r.n_kv_head}
     shape_text = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
     lines = [
@@ -338,13 +338,13 @@ def format_report(report: MemoryReport) -> str:
         f"GPU: {bytes_line(r.gpu_bytes)}",
     ]
     if not r.weights_fit:
-        lines.append(f"does not fit: the weights alone need {r.weight_bytes / r.gpu_bytes:,.0%} of the GPU, "
+        lines.append(f"does not fit: the weights alone need {_percent(r.weight_bytes, r.gpu_bytes, 0)} of the GPU, "
                      f"so no room is left for a KV cache")
         return "\n".join(lines)
     verdict = "fits" if r.cache_fits else "does NOT fit"
     lines += [
         f"left after the weights: {bytes_line(r.free_bytes)} ({r.free_share_of_gpu:.1%} of the GPU)",
-        f"{verdict}: this cache takes {r.cache_share_of_free:,.1%} of what is left",
+        f"{verdict}: this cache takes {_percent(r.cache_bytes, r.free_bytes, 1)} of what is left",
         f"largest batch × seq_len that fits: {r.max_tokens:,} cached tokens",
     ]
     if r.max_seq_len is not None:

@@ -1,6 +1,7 @@
 """kvlab.checks: one convention for every public function (TypeError for a type, ValueError for a value)."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -41,6 +42,13 @@ def test_check_number_refuses_non_numbers(value):
 def test_check_number_refuses_nan_inf_and_values_below_the_minimum(value):
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         check_number("temperature", value, 0)
+
+
+def test_check_number_names_an_int_beyond_float_range():
+    """float(10**400) raised OverflowError, which no caller expects from a check."""
+    with pytest.raises(ValueError, match=re.escape("bytes_per_elem must be a finite number > 0, got an int of 401 "
+                                                   "digits, beyond the float range")):
+        check_number("bytes_per_elem", 10**400, 0, inclusive=False)
 
 
 def test_check_number_strict_bounds():

@@ -178,6 +178,36 @@ def test_generation_split_closed_form_equals_step_sum(config, prompt_len, n_new,
     assert sum(split.values()) == flops.generation_flops(config, prompt_len, n_new, use_cache)
 
 
+def _generation_flops_by_steps(config, prompt_len, n_new, use_cache):
+    """The reference: the prefill, then every decode step added one by one, as `kvlab.generate` runs them."""
+    total = forward_flops(config, prompt_len, 0)
+    for t in range(prompt_len + 1, prompt_len + n_new):
+        total += decode_step_flops(config, t, use_cache)
+    return total
+
+
+@settings(max_examples=100, deadline=None)
+@given(config=configs, prompt_len=st.integers(1, 60), n_new=st.integers(1, 200), use_cache=st.booleans())
+def test_generation_flops_equals_the_steps_added_one_by_one(config, prompt_len, n_new, use_cache):
+    expected = _generation_flops_by_steps(config, prompt_len, n_new, use_cache)
+    assert flops.generation_flops(config, prompt_len, n_new, use_cache) == expected
+
+
+def test_generation_flops_is_a_closed_form_not_a_loop_over_steps(monkeypatch):
+    """10**8 new tokens: no step is visited one by one (the old loop ran for minutes); the value is the hand formula."""
+    config = chapter_config()
+    dense, per_key = flops.decode_step_coefficients(config)
+
+    def one_step(*args, **kwargs):
+        raise AssertionError("generation_flops visited a decode step")
+
+    monkeypatch.setattr(flops, "decode_step_flops", one_step)
+    T = 10**8  # a 1-token prompt: the forwards see the lengths 1..T
+    assert flops.generation_flops(config, 1, T) == dense * T + per_key * T * (T + 1) // 2
+    assert flops.generation_flops(config, 1, T, False) == (dense * T * (T + 1) // 2
+                                                          + per_key * T * (T + 1) * (2 * T + 1) // 6)
+
+
 @settings(max_examples=60, deadline=None)
 @given(config=configs, T=st.integers(1, 10**5))
 def test_total_saving_lies_between_the_bounds(config, T):
@@ -425,3 +455,11 @@ def test_decode_intensity_with_a_long_cache_rises_to_a_ceiling():
 def test_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_arithmetic_intensity_beyond_float_range_is_a_value_error():
+    """10**400 new tokens: int / int raised OverflowError; a huge bytes_per_elem too (in the check)."""
+    with pytest.raises(ValueError, match="n_new=1000.*is beyond the float range"):
+        arithmetic_intensity(chapter_config(), 10**400)
+    with pytest.raises(ValueError, match="bytes_per_elem must be a finite number > 0, got an int of 401 digits"):
+        arithmetic_intensity(chapter_config(), 1, bytes_per_elem=10**400)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -162,3 +164,33 @@ def test_mean_pool_bad_input(hello):
         mean_pool_kv_heads(mean_pool_kv_heads(model, 2), 1)
     with pytest.raises(TypeError, match="kvlab.TinyGPT"):
         mean_pool_kv_heads("model", 2)
+
+
+@pytest.mark.parametrize(("device", "error", "message"), [
+    ("gpu", ValueError, "device must be a torch.device or a device string such as 'cpu', 'cuda', 'cuda:0' or 'mps', "
+                        "got 'gpu'"),
+    ("", ValueError, "got ''"),
+    ("cuda:99", ValueError, "device 'cuda:99' is not available on this machine"),  # no machine has 100 GPUs
+    (None, TypeError, "got None (NoneType)"),
+    (0, TypeError, "got 0 (int)"),
+    (torch.device, TypeError, "got <class 'torch.device'>"),
+])
+def test_loaders_name_a_device_torch_cannot_use(device, error, message):
+    """`load_hello_model("gpu")` raised a storage error from deep inside torch.load."""
+    for load in (kvlab.load_hello_model, lambda device: load_kv_head_model(2, device)):
+        with pytest.raises(error, match=re.escape(message)):
+            load(device)
+
+
+def test_loaders_take_what_torch_accepts_for_this_machine():
+    for device in ("cpu", "cpu:0", torch.device("cpu")):
+        model, _ = kvlab.load_hello_model(device)
+        assert model.wte.weight.device == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=re.escape("device 'cuda' is not available on this machine")):
+            kvlab.load_hello_model("cuda")
+
+
+def test_load_model_names_a_path_that_is_not_one():
+    with pytest.raises(TypeError, match=re.escape("path must be a file path (str or pathlib.Path), got None")):
+        load_model(None)

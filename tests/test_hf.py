@@ -8,6 +8,7 @@ tests check behaviour, and read names from the installed package.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -453,6 +454,33 @@ def test_bad_arguments_raise_naming_the_value():
         hf.format_api_table(hf.cache_api_table()[0])
     with pytest.raises(TypeError, match="^fn"):
         hf.captured_messages(42)
+
+
+@needs_hf
+@pytest.mark.parametrize(("input_ids", "error", "message"), [
+    (torch.tensor([[1, 37]]), ValueError, "token id 37 in input_ids is out of range: ids must be in 0..36"),
+    (torch.tensor([[-1, 2]]), ValueError, "token id -1 in input_ids is out of range"),
+    (torch.zeros(1, 65, dtype=torch.long), ValueError, "sequence of 65 tokens (0 cached + 65 new) exceeds the "
+                                                       "model's n_positions=64"),
+    (torch.tensor([1, 2]), ValueError, "input_ids must be a (batch, seq_len) tensor of token ids with 2 dimensions"),
+    (torch.tensor([[1.0]]), TypeError, "input_ids must have dtype torch.int64 or torch.int32, got torch.float32"),
+    ([[1, 2]], TypeError, "input_ids must be a (batch, seq_len) tensor of token ids, got [[1, 2]] (list)"),
+    (torch.zeros(1, 0, dtype=torch.long), ValueError, "input_ids must hold at least one row and one token"),
+])
+def test_forward_names_ids_outside_the_vocabulary_or_the_positions(input_ids, error, message):
+    """transformers answers these with IndexError from its embedding tables (a device-side assert on a GPU)."""
+    hf_model = hf.to_transformers(random_model())  # vocab_size 37, max_seq_len 64
+    with pytest.raises(error, match=re.escape(message)):
+        hf.forward(hf_model, input_ids)
+
+
+@needs_hf
+def test_forward_counts_the_cached_positions_too():
+    hf_model = hf.to_transformers(random_model())
+    _, cache = hf.forward(hf_model, torch.zeros(1, 64, dtype=torch.long))  # every position used
+    with pytest.raises(ValueError, match=re.escape("sequence of 65 tokens (64 cached + 1 new) exceeds")):
+        hf.forward(hf_model, torch.zeros(1, 1, dtype=torch.long), cache)
+    assert cache.get_seq_length() == 64  # refused before transformers touched the cache
 
 
 @needs_hf

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import types
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -443,3 +444,33 @@ def test_waste_arithmetic_bad_input(call, error, message):
 def test_bytes_per_device_bad_input(kwargs, error, message):
     with pytest.raises(error, match=message):
         memory.kv_cache_bytes_per_device(2, 1, 10, 64, 2, **kwargs)
+
+
+def test_format_bytes_takes_an_int_of_any_size():
+    """10**400 bytes: the largest unit, in exact integer arithmetic (float() of it raised OverflowError)."""
+    huge = 10**400
+    binary, decimal = memory.format_bytes(huge).split(" (")
+    assert binary == f"{round(Fraction(huge, 1024**5) * 10) // 10}.{round(Fraction(huge, 1024**5) * 10) % 10} PiB"
+    assert decimal == "1" + "0" * 385 + ".0 PB)"
+    assert memory.bytes_line(huge).startswith("10,000,000,") and memory.bytes_line(huge).endswith(" PB)")
+    with pytest.raises(TypeError, match=re.escape("n_bytes must be an int >= 0, got True (bool)")):
+        memory.format_bytes(True)
+    with pytest.raises(TypeError, match="n_bytes"):
+        memory.format_bytes("1024")
+    with pytest.raises(ValueError, match=re.escape("n_bytes must be an int >= 0, got -" + "9" * 400)):
+        memory.format_bytes(-int("9" * 400))
+
+
+def test_a_report_of_huge_counts_prints_exact_percentages():
+    """`kvlab memory --seq-len <400 digits>` and a model of 10**400 parameters: a report, never an OverflowError."""
+    long = memory.preset_report("llama2-7b", 1, 10**400, gpu_gib=80)
+    assert long.cache_share_of_free == math.inf  # beyond float range: the float answer is inf
+    text = memory.format_report(long)
+    assert "does NOT fit: this cache takes " in text
+    share = text.split("this cache takes ")[1].split("%")[0].replace(",", "")
+    assert Fraction(share) == round(Fraction(long.cache_bytes * 100, long.free_bytes), 1)
+    heavy = memory.memory_report(32, 4096, 32, 32, 1, 1, gpu_gib=80, n_params=10**400)
+    need = memory.format_report(heavy).split("the weights alone need ")[1].split("%")[0].replace(",", "")
+    assert int(need) == round(Fraction(heavy.weight_bytes * 100, heavy.gpu_bytes))
+    small = memory.preset_report("llama2-7b", 16, 4096, gpu_gib=80)  # ordinary sizes: the same text as before
+    assert f"this cache takes {small.cache_share_of_free:,.1%} of what" in memory.format_report(small)

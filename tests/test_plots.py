@@ -161,6 +161,51 @@ def test_plot_attention_weights(hello):
     plt.close("all")
 
 
+def _nan_at_1_0(weights):
+    weights = weights.clone()
+    weights[1, 0] = float("nan")
+    return weights
+
+
+@pytest.mark.parametrize(("make_bad", "error", "message"), [
+    (_nan_at_1_0, ValueError, "weights must be finite, got weights[1, 0] = nan; pass softmax outputs"),
+    (lambda w: w.masked_fill(w == 0, float("-inf")).log(), ValueError, "weights must be finite"),  # log-probs
+    (lambda w: torch.tril(w * 3 - 1), ValueError, "weights must be probabilities (>= 0)"),  # raw scores
+    (lambda w: w * 0.5, ValueError, "each row of weights must sum to 1 (a softmax; 0 for a fully masked query), "
+                                    "row 0 sums to 0.5; pass softmax outputs"),
+    (lambda w: torch.full_like(w, 0.25), ValueError, "weights must be 0 above the diagonal"),
+    (lambda w: None, TypeError, "weights must be a (T, T) tensor or array of attention weights, got NoneType"),
+    (lambda w: "weights", TypeError, "got str"),
+])
+def test_plot_attention_weights_refuses_what_is_not_a_softmax(hello, make_bad, error, message):
+    """NaN was drawn as a hole and raw scores as a saturated block, without a word."""
+    model, tokenizer = hello
+    weights = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0).weights
+    with pytest.raises(error, match=re.escape(message)):
+        plots.plot_attention_weights(make_bad(weights))
+    plt.close("all")
+
+
+def test_plot_attention_weights_names_tokens_that_are_not_a_list(hello):
+    model, tokenizer = hello
+    weights = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0).weights
+    with pytest.raises(TypeError, match="tokens must be a list of labels, one per position, got int"):
+        plots.plot_attention_weights(weights, tokens=4)
+    plots.plot_attention_weights(weights, tokens="hell")  # a string: one character per position
+    plt.close("all")
+
+
+def test_plot_attention_weights_takes_low_precision_and_fully_masked_rows(hello):
+    model, tokenizer = hello
+    weights = trace_attention(model, tokenizer.encode_batch("hell"), 0, 0).weights
+    for low in (torch.float16, torch.bfloat16):  # rows sum to 1 only up to rounding
+        plots.plot_attention_weights(weights.to(low))
+    padded = weights.clone()
+    padded[0] = 0  # a padding query whose keys are all masked: no weight anywhere
+    plots.plot_attention_weights(padded)
+    plt.close("all")
+
+
 # --- chapter 03: building the cache ----------------------------------------------------------------------------------
 
 

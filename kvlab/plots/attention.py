@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -15,6 +17,8 @@ def position_labels(T: int, tokens=None) -> list[str]:
     """
     if tokens is None:
         return [str(i) for i in range(1, T + 1)]
+    if not isinstance(tokens, Iterable):  # a str is fine: one character per position
+        raise TypeError(f"tokens must be a list of labels, one per position, got {type(tokens).__name__}")
     tokens = list(tokens)
     if len(tokens) != T:
         raise ValueError(f"tokens must have one entry per position: {T} positions, {len(tokens)} tokens")
@@ -29,11 +33,7 @@ def plot_attention_weights(weights, tokens=None, ax=None,
     Row t is the softmax that mixes v_1..v_t into Att_t, so each coloured row sums to 1. `tokens` labels the
     positions (one string per position).
     """
-    if hasattr(weights, "detach"):  # a torch tensor, possibly on a GPU
-        weights = weights.detach().cpu()
-    w = np.asarray(weights, dtype=float)
-    if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
-        raise ValueError(f"weights must be a square (T, T) matrix with T >= 1, got shape {w.shape}")
+    w = _checked_weights(weights)
     T = w.shape[0]
     labels = position_labels(T, tokens)
     fig, ax = axes(ax, figsize=(4.8, 4.0))
@@ -52,6 +52,40 @@ def plot_attention_weights(weights, tokens=None, ax=None,
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="attention weight (probability)", shrink=0.8)
     return fig
+
+
+ROW_SUM_TOLERANCE = 0.01  # a softmax row sums to 1 up to rounding: about 0.004 at most in bfloat16
+
+
+def _checked_weights(weights) -> np.ndarray:
+    """`weights` as a (T, T) float array, if it holds causal attention probabilities (softmax outputs).
+
+    A heatmap with a 0..1 colour scale draws NaN as a hole and raw scores as a saturated block without a word, so
+    those are refused: every weight finite and >= 0, none above the diagonal (a query gives no weight to later
+    keys), and each row summing to 1, or to 0 for a query whose keys were all masked.
+    """
+    if hasattr(weights, "detach"):  # a torch tensor, possibly on a GPU, possibly in a dtype numpy lacks (bfloat16)
+        weights = weights.detach().cpu().double()
+    try:
+        w = np.asarray(weights if weights is not None else {}, dtype=float)  # None would become a NaN
+    except (TypeError, ValueError):
+        raise TypeError(f"weights must be a (T, T) tensor or array of attention weights, "
+                        f"got {type(weights).__name__}") from None
+    if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
+        raise ValueError(f"weights must be a square (T, T) matrix with T >= 1, got shape {w.shape}")
+    advice = "pass softmax outputs, e.g. trace_attention(...).weights"
+    for bad, what in ((~np.isfinite(w), "finite"), (w < 0, "probabilities (>= 0)"),
+                      (np.triu(w, k=1) != 0, "0 above the diagonal (a query gives no weight to later keys)")):
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValueError(f"weights must be {what}, got weights[{i}, {j}] = {float(w[i, j])!r}; {advice}")
+    sums = w.sum(axis=1)
+    off = ~(np.isclose(sums, 1, rtol=0, atol=ROW_SUM_TOLERANCE) | (sums == 0))
+    if off.any():
+        i = int(np.argmax(off))
+        raise ValueError(f"each row of weights must sum to 1 (a softmax; 0 for a fully masked query), row {i} sums "
+                         f"to {float(sums[i])!r}; {advice}")
+    return w
 
 
 def plot_cache_step(t: int, T: int, tokens=None, axes=None):
