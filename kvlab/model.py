@@ -156,8 +156,15 @@ class TinyGPT(nn.Module):
         else:  # padded rows: per-row positions, and a mask that hides the padding
             positions, mask = padding_mask(attention_mask, idx.shape[1])
         x = self._embed(idx) + self.wpe(positions)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cache, mask)
+        try:
+            for block in self.blocks:
+                x = block(x, cache, mask)
+            if cache is not None:
+                cache.record_fed(idx, past)  # which tokens it now holds, so `generate` can check a reused cache
+        except BaseException as error:  # Ctrl-C too
+            if cache is not None:
+                _drop_half_written(cache, past, len(self.blocks), error)
+            raise
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
@@ -208,6 +215,20 @@ class TinyGPT(nn.Module):
     def n_params(self) -> int:
         """Parameters, counting the tied embedding once."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _drop_half_written(cache: Cache, past: int, n_layer: int, error: BaseException) -> None:
+    """Reset `cache` when an exception may have left it half-written, so no later call continues from it.
+
+    An exception between two layers' updates leaves some layers holding the new tokens and the others not (lengths
+    8, 8, 7, 7), and a KeyboardInterrupt can even land inside one update (keys stored, values not). Rolling back is
+    not possible for every cache (an evicting cache has already dropped tokens, a quantised one merged them into
+    groups), so every cache gets the one remedy that is always right: reset, and the next call recomputes the prompt
+    (time lost, never correctness). A refused update (a ValueError or TypeError raised before anything is stored,
+    which every kvlab cache guarantees) leaves every layer at `past`: that cache is kept as it was.
+    """
+    if not isinstance(error, Exception) or any(cache.get_seq_length(i) != past for i in range(n_layer)):
+        cache.reset()
 
 
 # --- the weights' layout in memory: a CPU speed-up that changes no number ---

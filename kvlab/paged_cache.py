@@ -189,6 +189,7 @@ class PagedCache(Cache):
             self.pool.share(block)
         for block in old_blocks:
             self.pool.release(block)
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         """Give every block back to the pool (shared blocks stay with their other users)."""
