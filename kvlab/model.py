@@ -22,9 +22,22 @@ from .masks import causal_mask, padding_mask  # chapters 03 and 09; re-exported:
 __all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "conv1d_layout"]
 
 
-@dataclass
+class _SameAsNHead(int):
+    """The `n_kv_head` of a config that gave none: equal to n_head, and marked as derived, so that
+    ``dataclasses.replace(config, n_head=8)`` (which passes it back in) derives it again instead of keeping the old
+    count and silently making a grouped-query model. Copied and saved as a plain int."""
+
+    def __reduce__(self):
+        return int, (int(self),)
+
+
+@dataclass(frozen=True)
 class GPTConfig:
-    """The sizes that define a model. Names are used the same way everywhere in kvlab (also in `kvlab.memory`)."""
+    """The sizes that define a model. Names are used the same way everywhere in kvlab (also in `kvlab.memory`).
+
+    Frozen: a model's layers are built from these sizes, so changing one afterwards (``config.n_head = 8``) would
+    describe another model than the one built; make a new config with ``dataclasses.replace(config, n_head=8)``.
+    """
 
     vocab_size: int = 64
     n_layer: int = 4
@@ -34,10 +47,12 @@ class GPTConfig:
     n_kv_head: int | None = None  # None: one K/V head per query head (multi-head); 1: multi-query
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "n_kv_head"):
-            setattr(self, name, check_int(name, getattr(self, name), minimum=1))  # a plain int: saved safely
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))  # a plain int
+        if self.n_kv_head is None or isinstance(self.n_kv_head, _SameAsNHead):  # not given: as many as n_head
+            object.__setattr__(self, "n_kv_head", _SameAsNHead(self.n_head))
+        else:
+            object.__setattr__(self, "n_kv_head", check_int("n_kv_head", self.n_kv_head, minimum=1))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
