@@ -170,7 +170,8 @@ class PagedCache(Cache):
         child = PagedCache(self.pool)
         child.block_tables = [list(table) for table in self.block_tables]
         child.lengths = list(self.lengths)
-        child._fed, child._fed_len = self._fed and list(self._fed), self._fed_len  # which tokens: for `generate`
+        child._fed = None if self._fed is None else list(self._fed)  # the same tokens, which `generate` checks
+        child._fed_len = self._fed_len
         for block in self._blocks():
             self.pool.share(block)
         return child
