@@ -33,7 +33,27 @@ class Cache(abc.ABC):
     shows when the cache is created, not in the middle of a generation.
     """
 
-    token_ids: torch.Tensor | None = None  # the ids `generate` fed it, so a later call can check it continues them
+    _fed: list[torch.Tensor] | None = None  # the ids (B, T_i) of each model call that filled the cache, in order
+    _fed_len = 0  # their total T; -1 once tokens came in that the model did not record
+
+    def record_fed(self, idx: torch.Tensor, past: int) -> None:
+        """Note the ids (B, T) the model just stored after `past` cached tokens, so `generate` can check that a
+        prompt continues them. Called by the model once per forward: an append, O(1) per decode step."""
+        if past == 0:  # an empty cache (new, or reset): a new record
+            self._fed, self._fed_len = [], 0
+        if self._fed_len != past:  # tokens came in without the model (`update` called by hand): no longer known
+            self._fed_len = -1
+            return
+        self._fed.append(idx.clone())  # a copy: the caller may write into `idx` later
+        self._fed_len = past + idx.shape[1]
+
+    @property
+    def token_ids(self) -> torch.Tensor | None:
+        """The ids (B, T) of every token this cache has seen, or None when they are not all known."""
+        if not self._fed or self._fed_len != self.get_seq_length():
+            return None
+        self._fed = [torch.cat(self._fed, dim=1)]  # joined once per read, not per step
+        return self._fed[0]
 
     @abc.abstractmethod
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +69,13 @@ class Cache(abc.ABC):
 
     @abc.abstractmethod
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
-        """Reorder the batch rows (beam search keeps the best beams and drops the rest)."""
+        """Reorder the batch rows (beam search keeps the best beams and drops the rest).
+
+        Subclasses reorder their K/V, then call ``super().reorder_cache(beam_idx)``: it moves the rows of the
+        record of fed ids (`token_ids`) along with them.
+        """
+        if self._fed:
+            self._fed = [torch.cat(self._fed, dim=1).index_select(0, beam_idx.to(self._fed[0].device))]
 
     @abc.abstractmethod
     def reset(self) -> None:
@@ -145,6 +171,7 @@ class DynamicCache(Cache):
         _check_beam_idx(beam_idx, self.keys[0].shape[0] if self.keys else None)
         self.keys = [k.index_select(0, beam_idx.to(k.device)) for k in self.keys]
         self.values = [v.index_select(0, beam_idx.to(v.device)) for v in self.values]
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         self.keys, self.values = [], []
@@ -201,6 +228,7 @@ class StaticCache(Cache):
         for buffers in (self.keys, self.values):
             for buffer in buffers:
                 buffer.copy_(buffer.index_select(0, beam_idx.to(buffer.device)))
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         self.lengths = [0] * len(self.lengths)

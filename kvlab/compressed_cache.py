@@ -183,6 +183,7 @@ class QuantizedCache(Cache):
                        for layer in self.groups]
         self.recent_keys = [t.index_select(0, beam_idx.to(t.device)) for t in self.recent_keys]
         self.recent_values = [t.index_select(0, beam_idx.to(t.device)) for t in self.recent_values]
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         self.groups, self.recent_keys, self.recent_values = [], [], []
@@ -273,6 +274,7 @@ class EvictionCache(Cache):
         _check_beam_idx(beam_idx, self.keys[0].shape[0] if self.keys else None)
         for tensors in (self.keys, self.values, self.positions):
             tensors[:] = [t.index_select(0, beam_idx.to(t.device)) for t in tensors]
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         self.keys, self.values, self.positions, self.seen = [], [], [], []

@@ -57,10 +57,17 @@ class GenerationStats:
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token per row from last-position logits (B, vocab): argmax when temperature is 0, else sample."""
+    """Pick one token per row from last-position logits (B, vocab): argmax when temperature is 0, else sample.
+
+    Any temperature > 0 works, however small: the largest logit is subtracted before dividing, so the scaled logits
+    are <= 0 and a tiny temperature sends the others to -inf (probability 0) instead of overflowing to inf.
+    """
     _check_sampling(temperature, top_k)
     check_tensor("logits", logits, dim=2, what="a (batch, vocab_size) tensor (logits[None] for one row)")
     return _sample(logits, temperature, top_k, generator)
+
+
+_TINY = torch.finfo(torch.float32).tiny  # a smaller temperature would round to 0 in float32 (0 / 0 = nan)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
@@ -68,7 +75,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
     """`sample_next_token` without its checks, for a loop that checked its arguments once before the first step."""
     if temperature == 0.0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    logits = logits / temperature
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / max(temperature, _TINY)  # <= 0: cannot overflow
     if top_k is not None:
         kth_best = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -88,6 +95,11 @@ def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use
 
     Fail early, naming the bad value, instead of halfway through a generation; the loop then trusts its inputs.
     """
+    if not (isinstance(model, torch.nn.Module) and hasattr(model, "_check_input")):  # None, a dict, a tokenizer
+        raise TypeError(f"model must be a kvlab model such as TinyGPT (kvlab.load_hello_model() returns (model, "
+                        f"tokenizer)), got {type(model).__name__}; the order is generate(model, idx, max_new_tokens)")
+    if isinstance(idx, torch.Tensor) and idx.dim() == 2 and idx.shape[0] and not idx.shape[1]:
+        raise ValueError(f"the prompt is empty (idx has shape {tuple(idx.shape)}); give at least one token")
     model._check_input(idx, 0)  # a (batch, seq_len) tensor of token ids: the model's own O(1) checks
     check_int("max_new_tokens", max_new_tokens, minimum=1)
     _check_sampling(temperature, top_k)
@@ -101,13 +113,26 @@ def _check_arguments(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, use
     if total > model.config.max_seq_len:
         raise ValueError(f"prompt ({idx.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                          f"max_seq_len={model.config.max_seq_len}")
-    past = cache.get_seq_length() if cache is not None else 0
-    fed = cache.token_ids if cache is not None else None  # what an earlier `generate` fed this cache, if any
-    if past >= idx.shape[1] or (past and fed is not None and fed.shape[1] >= past and (
-            fed.shape[0] != idx.shape[0] or not torch.equal(fed[:, :past].to(idx.device), idx[:, :past]))):
-        raise ValueError(f"the cache holds {past} tokens that idx ({idx.shape[1]} tokens) does not continue: idx "
-                         "must start with the tokens the cache was fed (a prefix to reuse) and add at least one, "
-                         "or call cache.reset() first")
+    if cache is not None and cache.get_seq_length():
+        _check_cache_prefix(cache, idx)
+
+
+def _check_cache_prefix(cache: Cache, idx: torch.Tensor) -> None:
+    """A cache that already holds tokens may be reused only for a prompt that starts with exactly those tokens.
+
+    The model records the ids it feeds a cache (`Cache.token_ids`), whoever calls it, so a cache filled by
+    ``model(idx, cache)``, by an earlier `generate` or by hand is checked the same way; otherwise the new tokens
+    would silently attend to another text's keys and values.
+    """
+    past, fed = cache.get_seq_length(), cache.token_ids
+    fix = ("idx must start with the tokens the cache holds and add at least one (pass the whole text so far), "
+           "or call cache.reset() first")
+    if fed is None:
+        raise ValueError(f"the cache holds {past} tokens that were not all fed through the model (was "
+                         f"cache.update called by hand?), so they cannot be checked against idx; {fix}")
+    if past >= idx.shape[1] or fed.shape[0] != idx.shape[0] or not torch.equal(fed.to(idx.device), idx[:, :past]):
+        raise ValueError(f"the cache holds {past} tokens that idx ({idx.shape[0]} x {idx.shape[1]} tokens) does "
+                         f"not continue: {fix}")
 
 
 def _clock(device: torch.device) -> float:
@@ -154,8 +179,6 @@ def generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, use_cach
             clock.append(_clock(idx.device))  # step 0 took the time to first token, each later step one TPOT
         if eos_id is not None and bool(finished.all()):
             break
-    if cache is not None:
-        cache.token_ids = idx[:, :cache.get_seq_length()]  # what it holds, so a later call can check it continues
     if return_stats:
         return idx, GenerationStats.from_clock(prompt_len, clock)
     return idx
@@ -218,13 +241,13 @@ def beam_search(model: TinyGPT, idx: torch.Tensor, n_beams: int, max_new_tokens:
     moves every layer's K/V rows along with their beams. With ``use_cache=False`` each step recomputes every beam
     from scratch instead, which must give the same beams.
     """
+    if isinstance(cache, Cache) and cache.get_seq_length() != 0:  # before the prefix check, which would say less
+        raise ValueError(f"beam_search needs an empty cache, got one holding {cache.get_seq_length()} tokens")
     _check_arguments(model, idx, max_new_tokens, use_cache, cache, 0.0, None)
     if idx.shape[0] != 1:
         raise ValueError(f"beam_search continues one prompt: idx must have shape (1, seq_len), got {tuple(idx.shape)}")
     vocab_size = model.config.vocab_size
     check_int("n_beams", n_beams, minimum=1, maximum=vocab_size)
-    if cache is not None and cache.get_seq_length() != 0:
-        raise ValueError(f"beam_search needs an empty cache, got one holding {cache.get_seq_length()} tokens")
     if use_cache and cache is None:
         cache = DynamicCache()
     beams = idx.repeat(n_beams, 1)  # (n_beams, T): every row starts as the prompt

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import DynamicCache
-from .checks import check_type
+from .checks import check_tensor, check_type
 from .generate import _check_arguments
 from .masks import attention
 from .model import Block, CausalSelfAttention, TinyGPT
@@ -103,13 +103,24 @@ def to_legacy_cache(cache: DynamicCache) -> tuple[LayerPast, ...]:
     return tuple(zip(cache.keys, cache.values))
 
 
-def from_legacy_cache(past: Sequence[LayerPast]) -> DynamicCache:
-    """A `DynamicCache` holding the same keys and values as legacy `past` (no copy), so `model(idx, cache)` goes on."""
+def from_legacy_cache(past: Sequence[LayerPast], token_ids: torch.Tensor | None = None) -> DynamicCache:
+    """A `DynamicCache` holding the same keys and values as legacy `past` (no copy), so `model(idx, cache)` goes on.
+
+    The tuples do not say which tokens they came from; pass those ids, (batch, seq_len), as `token_ids` so that
+    `kvlab.generate` can check that a prompt continues them (it refuses a cache whose tokens it cannot check).
+    """
     check_type("past", past, Sequence, "a sequence of (key, value) pairs, one per layer")
-    _pair_shape("past", past)
+    B, _, T, _ = _pair_shape("past", past)
+    if token_ids is not None:
+        check_tensor("token_ids", token_ids, dim=2, dtypes=(torch.int64, torch.int32), what="a (batch, seq_len) tensor")
+        if tuple(token_ids.shape) != (B, T):
+            raise ValueError(f"token_ids must have the shape (batch, seq_len) = {(B, T)} of past, "
+                             f"got {tuple(token_ids.shape)}")
     cache = DynamicCache()
     for layer_idx, (key, value) in enumerate(past):
         cache.update(key, value, layer_idx)
+    if token_ids is not None:
+        cache.record_fed(token_ids, 0)
     return cache
 
 

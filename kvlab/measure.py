@@ -193,6 +193,7 @@ class CopyCountingCache(Cache):
         with CopyCounter() as counter:
             self.cache.reorder_cache(beam_idx)
         self.copied_bytes += counter.bytes
+        super().reorder_cache(beam_idx)  # the record of fed ids: the model's bookkeeping, not the wrapped cache's
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.cache.get_seq_length(layer_idx)

@@ -22,9 +22,22 @@ from .masks import causal_mask, padding_mask  # chapters 03 and 09; re-exported:
 __all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "conv1d_layout"]
 
 
-@dataclass
+class _SameAsNHead(int):
+    """The `n_kv_head` of a config that gave none: equal to n_head, and marked as derived, so that
+    ``dataclasses.replace(config, n_head=8)`` (which passes it back in) derives it again instead of keeping the old
+    count and silently making a grouped-query model. Copied and saved as a plain int."""
+
+    def __reduce__(self):
+        return int, (int(self),)
+
+
+@dataclass(frozen=True)
 class GPTConfig:
-    """The sizes that define a model. Names are used the same way everywhere in kvlab (also in `kvlab.memory`)."""
+    """The sizes that define a model. Names are used the same way everywhere in kvlab (also in `kvlab.memory`).
+
+    Frozen: a model's layers are built from these sizes, so changing one afterwards (``config.n_head = 8``) would
+    describe another model than the one built; make a new config with ``dataclasses.replace(config, n_head=8)``.
+    """
 
     vocab_size: int = 64
     n_layer: int = 4
@@ -34,10 +47,12 @@ class GPTConfig:
     n_kv_head: int | None = None  # None: one K/V head per query head (multi-head); 1: multi-query
 
     def __post_init__(self) -> None:
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len", "n_kv_head"):
-            setattr(self, name, check_int(name, getattr(self, name), minimum=1))  # a plain int: saved safely
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum=1))  # a plain int
+        if self.n_kv_head is None or isinstance(self.n_kv_head, _SameAsNHead):  # not given: as many as n_head
+            object.__setattr__(self, "n_kv_head", _SameAsNHead(self.n_head))
+        else:
+            object.__setattr__(self, "n_kv_head", check_int("n_kv_head", self.n_kv_head, minimum=1))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
@@ -156,8 +171,15 @@ class TinyGPT(nn.Module):
         else:  # padded rows: per-row positions, and a mask that hides the padding
             positions, mask = padding_mask(attention_mask, idx.shape[1])
         x = self._embed(idx) + self.wpe(positions)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x, cache, mask)
+        try:
+            for block in self.blocks:
+                x = block(x, cache, mask)
+            if cache is not None:
+                cache.record_fed(idx, past)  # which tokens it now holds, so `generate` can check a reused cache
+        except BaseException as error:  # Ctrl-C too
+            if cache is not None:
+                _drop_half_written(cache, past, len(self.blocks), error)
+            raise
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
@@ -208,6 +230,20 @@ class TinyGPT(nn.Module):
     def n_params(self) -> int:
         """Parameters, counting the tied embedding once."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _drop_half_written(cache: Cache, past: int, n_layer: int, error: BaseException) -> None:
+    """Reset `cache` when an exception may have left it half-written, so no later call continues from it.
+
+    An exception between two layers' updates leaves some layers holding the new tokens and the others not (lengths
+    8, 8, 7, 7), and a KeyboardInterrupt can even land inside one update (keys stored, values not). Rolling back is
+    not possible for every cache (an evicting cache has already dropped tokens, a quantised one merged them into
+    groups), so every cache gets the one remedy that is always right: reset, and the next call recomputes the prompt
+    (time lost, never correctness). A refused update (a ValueError or TypeError raised before anything is stored,
+    which every kvlab cache guarantees) leaves every layer at `past`: that cache is kept as it was.
+    """
+    if not isinstance(error, Exception) or any(cache.get_seq_length(i) != past for i in range(n_layer)):
+        cache.reset()
 
 
 # --- the weights' layout in memory: a CPU speed-up that changes no number ---

@@ -170,6 +170,8 @@ class PagedCache(Cache):
         child = PagedCache(self.pool)
         child.block_tables = [list(table) for table in self.block_tables]
         child.lengths = list(self.lengths)
+        child._fed = None if self._fed is None else list(self._fed)  # the same tokens, which `generate` checks
+        child._fed_len = self._fed_len
         for block in self._blocks():
             self.pool.share(block)
         return child
@@ -189,6 +191,7 @@ class PagedCache(Cache):
             self.pool.share(block)
         for block in old_blocks:
             self.pool.release(block)
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         """Give every block back to the pool (shared blocks stay with their other users)."""

@@ -130,6 +130,7 @@ class HeadSplitCache(Cache):
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         for shard in self.shards:
             shard.reorder_cache(beam_idx)
+        super().reorder_cache(beam_idx)
 
     def reset(self) -> None:
         for shard in self.shards:

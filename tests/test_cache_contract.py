@@ -304,3 +304,91 @@ def test_misuse_raises_the_same_errors(name):
                             (torch.tensor([0, -1, 2]), ValueError)):
         with pytest.raises(error, match="beam_idx"):
             cache.reorder_cache(beam_idx)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_values_that_do_not_match_the_keys_are_refused(name):
+    """Not only the key is checked: a value of another length or dtype would be broadcast or stored misaligned."""
+    entry, config = REGISTRY[name], CONFIGS["gqa"]
+    cache, generator = entry.make(config, BATCH), torch.Generator().manual_seed(11)
+    update(cache, *kv(config, 2, generator), 0, config)
+    key, value = kv(config, 3, generator)
+    for bad_value in (value[:, :, :1], value.double()):
+        with pytest.raises((ValueError, TypeError), match="value"):
+            update(cache, key, bad_value, 0, config)
+    assert cache.get_seq_length(0) == 2
+
+
+# --- a reused cache continues the text it was fed, or is refused, whoever fed it ---
+
+def generate(model: kvlab.TinyGPT, idx: torch.Tensor, max_new_tokens: int, cache: Cache) -> torch.Tensor:
+    """`kvlab.generate` with `cache`, attached for the call if the cache reads the model's queries."""
+    if hasattr(cache, "attach"):
+        with cache.attach(model):
+            return kvlab.generate(model, idx, max_new_tokens, cache=cache)
+    return kvlab.generate(model, idx, max_new_tokens, cache=cache)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_generate_checks_a_cache_the_model_filled(name):
+    """Filled by model(idx, cache) (chapters 2 and 3), or one more token fed by hand: the record follows."""
+    entry, config, model = REGISTRY[name], CONFIGS["gqa"], model_for("gqa")
+    text = tokens((BATCH, 9), seed=12)
+    cache = entry.make(config, BATCH)
+    run(model, text[:, :6], cache)
+    other = text.clone()
+    other[:, 2] = (other[:, 2] + 1) % config.vocab_size
+    with pytest.raises(ValueError, match="does not continue.*cache.reset"):
+        generate(model, other, 3, cache)
+    run(model, text[:, 6:7], cache)  # one more token by hand
+    with pytest.raises(ValueError, match="does not continue"):
+        generate(model, torch.cat([text[:, :6], (text[:, 6:] + 1) % config.vocab_size], dim=1), 3, cache)
+    assert torch.equal(cache.token_ids, text[:, :7])
+    continued = generate(model, text, 3, cache)
+    assert torch.equal(continued[:, :9], text) and cache.get_seq_length() == 11
+    if entry.lossless:
+        assert torch.equal(continued, kvlab.generate(model, text, 3, use_cache=False))
+    cache.reset()
+    assert cache.token_ids is None
+    generate(model, other, 3, cache)  # after a reset, any text
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_reorder_cache_moves_the_record_of_fed_tokens(name):
+    entry, config, model = REGISTRY[name], CONFIGS["gqa"], model_for("gqa")
+    text, beam_idx = tokens((BATCH, 8), seed=13), torch.tensor([2, 0, 0])
+    cache = entry.make(config, BATCH)
+    run(model, text[:, :6], cache)
+    cache.reorder_cache(beam_idx)  # a learner's own call, not only beam_search's
+    assert torch.equal(cache.token_ids, text[beam_idx, :6])
+    with pytest.raises(ValueError, match="does not continue"):
+        generate(model, text, 2, cache)
+    generate(model, text[beam_idx], 2, cache)
+
+
+INTERRUPT_CONFIG = kvlab.GPTConfig(vocab_size=37, n_layer=4, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_an_update_interrupted_in_layer_2_leaves_no_half_written_cache(name, error, monkeypatch):
+    """Ctrl-C (or any exception) after layers 0 and 1 took the new tokens: the layers still agree, and the cache
+    continues the right text (a fresh cache's), instead of attending to lengths 8, 8, 7, 7."""
+    entry, config = REGISTRY[name], INTERRUPT_CONFIG
+    torch.manual_seed(0)
+    model = kvlab.TinyGPT(config).eval()
+    text = tokens((BATCH, 7), seed=14)
+    cache = entry.make(config, BATCH)
+    text = generate(model, text, 2, cache)  # the cache holds 8 tokens
+
+    def interrupted(*args, **kwargs):
+        raise error("interrupted in layer 2")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.blocks[2], "forward", interrupted)
+        with pytest.raises(error, match="layer 2"):
+            run(model, text[:, -1:], cache)
+    lengths = {cache.get_seq_length(layer) for layer in range(config.n_layer)}
+    assert len(lengths) == 1 and lengths <= {0, 8}
+    expected = generate(model, text, 4, entry.make(config, BATCH))
+    assert torch.equal(generate(model, text, 4, cache), expected)

@@ -343,3 +343,68 @@ def test_generator_must_be_a_torch_generator():
     model = random_model()
     with pytest.raises(TypeError, match=r"generator must be a torch.Generator \(or None\), got 0 \(int\)"):
         kvlab.generate(model, torch.zeros(1, 2, dtype=torch.long), 2, temperature=1.0, generator=0)
+
+
+# --- arguments that used to fail deep inside (issue 13) ---
+
+def test_an_empty_prompt_is_named_on_every_path():
+    from kvlab.lean_decode import lean_generate
+    model, empty = random_model(), torch.zeros(1, 0, dtype=torch.long)
+    for call in (lambda: kvlab.generate(model, empty, 3), lambda: kvlab.generate(model, empty, 3, use_cache=False),
+                 lambda: kvlab.generate(model, empty, 3, cache=kvlab.DynamicCache()),
+                 lambda: kvlab.beam_search(model, empty, 2, 3), lambda: trace_generation(model, empty, 3),
+                 lambda: trace_generation(model, empty, 3, use_cache=True), lambda: lean_generate(model, empty, 3)):
+        with pytest.raises(ValueError, match=r"the prompt is empty \(idx has shape \(1, 0\)\); give at least one"):
+            call()
+
+
+def test_something_else_than_a_model_is_named(hello):
+    model, tok = hello
+    prompt = tok.encode_batch("hello")
+    for not_a_model, name in ((None, "NoneType"), ({}, "dict"), (tok, type(tok).__name__)):
+        with pytest.raises(TypeError, match=f"model must be a kvlab model such as TinyGPT .* got {name}"):
+            kvlab.generate(not_a_model, prompt, 3)
+    with pytest.raises(TypeError, match="model must be a kvlab model .* generate\\(model, idx, max_new_tokens\\)"):
+        kvlab.generate(tok, model, 3)  # model and tokenizer swapped
+    with pytest.raises(TypeError, match="model must be a kvlab model"):
+        kvlab.beam_search(tok, prompt, 2, 3)
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-50, 5e-324])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_tiny_temperature_samples_the_most_likely_token(temperature, dtype):
+    """logits / 1e-40 overflowed to inf (a torch error); now the largest logit is subtracted first."""
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.9], [3.0, 0.0, 2.9, -5.0]], dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        assert sample_next_token(logits, temperature, generator=generator).tolist() == [[1], [0]]
+    assert sample_next_token(logits, temperature, top_k=2, generator=generator).tolist() == [[1], [0]]
+
+
+def test_generate_with_a_tiny_temperature_is_greedy(hello):
+    model, tok = hello
+    prompt = tok.encode_batch("hello w")
+    greedy = kvlab.generate(model, prompt, 8)
+    assert torch.equal(kvlab.generate(model, prompt, 8, temperature=1e-40, generator=torch.manual_seed(0)), greedy)
+
+
+def test_ctrl_c_in_the_middle_of_generate_leaves_a_cache_that_continues_the_right_text(hello, monkeypatch):
+    """Interrupted inside layer 2 of a decode step: layers were left at lengths 8, 8, 7, 7 and the continuation
+    differed; now the half-written cache is reset, and reusing it gives the text generated without a cache."""
+    model, tok = hello
+    prompt, cache = tok.encode_batch("hello w"), kvlab.DynamicCache()
+    calls, block_forward = [], model.blocks[2].forward
+
+    def interrupt_on_third_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return block_forward(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.blocks[2], "forward", interrupt_on_third_call)
+        with pytest.raises(KeyboardInterrupt):
+            kvlab.generate(model, prompt, 10, cache=cache)
+    assert len({cache.get_seq_length(layer) for layer in range(model.config.n_layer)}) == 1
+    text = tok.encode_batch("hello wor")  # what the user saw before Ctrl-C, passed again
+    assert torch.equal(kvlab.generate(model, text, 5, cache=cache), kvlab.generate(model, text, 5, use_cache=False))

@@ -99,7 +99,13 @@ def test_legacy_cache_conversions_share_tensors_and_continue_generation(hello):
     prompt = tok.encode_batch("hello w")
     with torch.inference_mode():
         _, presents = legacy.legacy_forward(model, prompt[:, :6])
-    cache = legacy.from_legacy_cache(presents)
+    with pytest.raises(ValueError, match="not all fed through the model"):  # the tuples do not say which tokens
+        kvlab.generate(model, prompt, 12, cache=legacy.from_legacy_cache(presents))
+    with pytest.raises(ValueError, match="token_ids must have the shape"):
+        legacy.from_legacy_cache(presents, token_ids=prompt[:, :5])
+    cache = legacy.from_legacy_cache(presents, token_ids=prompt[:, :6])
+    with pytest.raises(ValueError, match="does not continue"):
+        kvlab.generate(model, tok.encode_batch("help w"), 12, cache=cache)
     assert cache.get_seq_length() == 6 and cache.get_max_cache_shape() is None
     assert all(k is key and v is value for k, v, (key, value) in zip(cache.keys, cache.values, presents))
     back = legacy.to_legacy_cache(cache)

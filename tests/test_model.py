@@ -1,5 +1,8 @@
 """TinyGPT: the cache must not change a single logit, and bad input must fail loudly."""
 
+import dataclasses
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +108,24 @@ def test_config_holds_plain_ints_so_a_checkpoint_loads_with_weights_only():
 def test_config_defaults_to_multi_head_and_derives_head_dim():
     config = kvlab.GPTConfig(vocab_size=10, n_head=4, d_model=32)
     assert (config.n_kv_head, config.head_dim) == (4, 8)
+
+
+def test_config_is_frozen_and_replace_derives_n_kv_head_again():
+    """Changing n_head used to keep the old derived n_kv_head: silently a grouped-query model."""
+    config = kvlab.GPTConfig(vocab_size=10, n_head=4, d_model=32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_head = 8
+    wider = dataclasses.replace(config, n_head=8)
+    assert (wider.n_head, wider.n_kv_head) == (8, 8)
+    assert kvlab.TinyGPT(wider).blocks[0].attn.n_kv_head == 8  # multi-head, as GPTConfig(n_head=8) is
+    grouped = kvlab.GPTConfig(vocab_size=10, n_head=4, n_kv_head=2, d_model=32)
+    assert dataclasses.replace(grouped, n_head=8).n_kv_head == 2  # given, so kept
+    assert dataclasses.replace(config, n_kv_head=1).n_kv_head == 1
+    assert config == kvlab.GPTConfig(vocab_size=10, n_head=4, d_model=32, n_kv_head=4)
+    saved = io.BytesIO()
+    torch.save(dataclasses.asdict(config), saved)  # a derived count is saved as a plain int
+    saved.seek(0)
+    assert kvlab.GPTConfig(**torch.load(saved, weights_only=True)) == config
 
 
 def test_bad_inputs_raise_clear_errors():
