@@ -3,7 +3,7 @@
 # which tests/test_repository.py keeps equal to pyproject.toml's lower bounds), then the lint and the unit tests.
 # CI tests the newest pinned build (.ci/run); this is the other end of the range the package promises.
 #   tools/floor_versions.sh                       # unit tests (tests/) on two workers
-#   tools/floor_versions.sh tests -p no:xdist     # on one core
+#   tools/floor_versions.sh tests -n 0            # on one core
 #   tools/floor_versions.sh notebooks/04_*.ipynb  # a chapter under nbval (some printed numbers may differ)
 # The environment lives outside the repository, in $FLOORS_VENV (default /tmp/kvlab-floors-venv), and is reused.
 # PyPI's torch for Linux is a CUDA build (about 4 GB with its libraries); for the CPU build, set
