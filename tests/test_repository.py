@@ -1,5 +1,5 @@
-"""The set-up promises of the README: pyproject and environment.yml agree, CI runs the README's test command,
-and `import kvlab` stays light."""
+"""The set-up promises of the README: pyproject, environment.yml and the floors file (tools/floors.txt) agree, CI
+runs the README's test command, and `import kvlab` stays light."""
 
 import re
 import subprocess
@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}  # conda-forge's name for a package, where it differs from PyPI's
@@ -47,14 +50,68 @@ def test_every_pyproject_dependency_is_in_environment_yml():
     assert not missing, f"environment.yml lacks {missing}"
 
 
+def _pyproject_requirements() -> list[Requirement]:
+    """Every requirement of pyproject.toml: the dependencies and every extra's."""
+    project = _pyproject()["project"]
+    extras = [r for extra in project["optional-dependencies"].values() for r in extra]
+    return [Requirement(r) for r in project["dependencies"] + extras]
+
+
+def _floors() -> dict[str, str]:
+    """tools/floors.txt as {name: pinned version}: the constraints the floor-version run installs."""
+    lines = (ROOT / "tools" / "floors.txt").read_text().splitlines()
+    pins = [line.split("==") for line in lines if line.strip() and not line.startswith("#")]
+    return {name.strip().lower(): pin.strip() for name, pin in pins}
+
+
+def _lower_bound(requirement: Requirement) -> Version | None:
+    bounds = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    return max(bounds, default=None)
+
+
+def test_environment_yml_declares_the_same_versions_as_pyproject():
+    conda, _ = _environment_dependencies()
+    conda_versions = {_requirement_name(entry): SpecifierSet(entry[len(_requirement_name(entry)):]) for entry in conda}
+    differing = []
+    for requirement in _pyproject_requirements():
+        conda_name = CONDA_NAMES.get(requirement.name, requirement.name)
+        if conda_name in conda_versions and conda_versions[conda_name] != requirement.specifier:
+            differing.append(f"{requirement} (environment.yml: {conda_name}{conda_versions[conda_name]})")
+    assert not differing, f"pyproject.toml and environment.yml disagree: {differing}"
+
+
+def test_every_dependency_declares_a_floor():
+    unbounded = [str(r) for r in _pyproject_requirements() if _lower_bound(r) is None]
+    assert not unbounded, f"no lower bound (>=) for {unbounded}: the floor-version run cannot test them"
+
+
+def test_floors_file_pins_exactly_the_declared_floors():
+    """The floor-version run (tools/floor_versions.sh) installs tools/floors.txt; if it drifted from pyproject, the
+    run would test versions nobody declared."""
+    floors = _floors()
+    declared = {r.name.lower(): _lower_bound(r) for r in _pyproject_requirements()}
+    differing = [f"{name}: pyproject >={bound}, floors.txt {floors.get(name)}" for name, bound in declared.items()
+                 if name not in floors or Version(floors[name]) != bound]
+    assert not differing, f"tools/floors.txt and pyproject.toml disagree: {differing}"
+    assert set(floors) == set(declared), f"floors.txt names packages pyproject does not: {set(floors) - set(declared)}"
+
+
+def test_the_floor_run_installs_the_floors_and_the_readme_names_it():
+    script = (ROOT / "tools" / "floor_versions.sh").read_text()
+    assert 'pip install --quiet -e ".[test]" -c tools/floors.txt' in script
+    assert "tools/floor_versions.sh" in (ROOT / "README.md").read_text()
+
+
 def test_environment_yml_installs_kvlab_itself_with_pip():
     _, pip = _environment_dependencies()
     assert "-e ." in pip
 
 
 def test_pyproject_declares_an_unpinned_torch_and_the_console_script():
+    """A floor, no pin and no ceiling: CI pins its build in .ci/run, a learner keeps the torch they have."""
     project = _pyproject()["project"]
-    assert "torch>=2.2" in project["dependencies"]
+    (torch,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch"]
+    assert [s.operator for s in torch.specifier] == [">="]
     assert project["scripts"]["kvlab"] == "kvlab.cli:main"
 
 
