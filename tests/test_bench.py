@@ -245,6 +245,15 @@ def test_a_run_without_transformers_is_reported_and_drawn():
     plt.close(bench.plot_benchmark(results))
 
 
+def test_a_transformers_that_cannot_run_pytorch_counts_as_missing(monkeypatch):
+    """A transformers that finds its torch too old imports but disables PyTorch: figure 2 must be skipped, not crash."""
+    import transformers
+
+    assert bench._transformers_version() == transformers.__version__
+    monkeypatch.setattr(transformers, "is_torch_available", lambda: False)
+    assert bench._transformers_version() is None
+
+
 def test_make_model_is_seeded_and_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.rand(1)

@@ -88,11 +88,16 @@ def _load_average() -> list[float] | None:
 
 
 def _transformers_version() -> str | None:
+    """transformers' version, or None when it is missing or cannot run PyTorch models.
+
+    A transformers that finds its torch too old imports fine but disables PyTorch (every model then raises
+    "requires the PyTorch library"), so importing it is not enough: figure 2 needs it to run.
+    """
     try:
         import transformers
     except ImportError:
         return None
-    return transformers.__version__
+    return transformers.__version__ if transformers.is_torch_available() else None
 
 
 def _machine(threads: int) -> Machine:
