@@ -1,7 +1,7 @@
 """Llama: the architecture of most open language models (Llama 2 and 3, Mistral, SmolLM2), with kvlab's KV cache.
 
-Read top to bottom: `LlamaConfig`, `RotaryEmbedding`, `LlamaAttention` (where the cache lives), `SwiGLU`,
-`LlamaBlock`, `Llama`. It is TinyGPT (`kvlab.model`) with four changes, each found in the Llama papers
+Read top to bottom: `LlamaConfig`, `RotaryEmbedding`, `RMSNorm`, `LlamaAttention` (where the cache lives),
+`SwiGLU`, `LlamaBlock`, `Llama`. It is TinyGPT (`kvlab.model`) with four changes, each found in the Llama papers
 (Touvron et al. 2023) and in transformers' ``LlamaForCausalLM``, whose numbers this model reproduces:
 
 - **RMSNorm** instead of LayerNorm: ``x / sqrt(mean(x²) + eps) · weight``, no mean subtracted, no bias.
@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from .cache import Cache
 from .checks import check_int, check_number
 from .masks import causal_mask, padding_mask
-from .model import TinyGPT, conv1d_layout
+from .model import TinyGPT
 
-__all__ = ["LlamaConfig", "RotaryEmbedding", "LlamaAttention", "SwiGLU", "LlamaBlock", "Llama", "rotate_half"]
+__all__ = ["LlamaConfig", "rotate_half", "RotaryEmbedding", "RMSNorm", "LlamaAttention", "SwiGLU", "LlamaBlock",
+           "Llama"]
 
 
 @dataclass
@@ -95,6 +96,20 @@ class RotaryEmbedding(nn.Module):
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): the same for every head
         return x * cos + rotate_half(x) * sin
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019): ``x / sqrt(mean(x²) + eps) · weight``, LayerNorm without
+    subtracting the mean and without a bias. Written out in transformers' order of operations, so the float32
+    numbers are its numbers."""
+
+    def __init__(self, d_model: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps))
 
 
 class LlamaAttention(nn.Module):
@@ -161,9 +176,9 @@ class LlamaBlock(nn.Module):
 
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
-        self.norm_1 = nn.RMSNorm(config.d_model, eps=config.rms_eps)
+        self.norm_1 = RMSNorm(config.d_model, eps=config.rms_eps)
         self.attn = LlamaAttention(config, layer_idx)
-        self.norm_2 = nn.RMSNorm(config.d_model, eps=config.rms_eps)
+        self.norm_2 = RMSNorm(config.d_model, eps=config.rms_eps)
         self.mlp = SwiGLU(config)
 
     def forward(self, x: torch.Tensor, rope: RotaryEmbedding, positions: torch.Tensor, cache: Cache | None = None,
@@ -181,11 +196,12 @@ class Llama(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.d_model)  # token embedding (also the LM head)
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
         self.blocks = nn.ModuleList(LlamaBlock(config, i) for i in range(config.n_layer))
-        self.norm = nn.RMSNorm(config.d_model, eps=config.rms_eps)
+        self.norm = RMSNorm(config.d_model, eps=config.rms_eps)
         for module in self.modules():  # random weights for tests; `kvlab.load_smollm2` loads trained ones
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        conv1d_layout(self)  # faster decode steps on a CPU; values unchanged (see kvlab.model.conv1d_layout)
+        # No `conv1d_layout` here, unlike TinyGPT: with PyTorch's own weight layout every matmul runs the same BLAS
+        # kernel as transformers' LlamaForCausalLM, so the logits are its logits to the last bit (tests/test_smollm2)
 
     def forward(self, idx: torch.Tensor, cache: Cache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,7 +229,7 @@ class Llama(nn.Module):
             model = cls(config)
         model.load_state_dict(state_dict, strict=True, assign=True)
         model.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)  # not in the state dict
-        return conv1d_layout(model)
+        return model
 
     # TinyGPT's input checks read only `config` and `wte`: the same clear errors, from the same code
     _check_input = TinyGPT._check_input
