@@ -197,9 +197,10 @@ class Llama(nn.Module):
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
         self.blocks = nn.ModuleList(LlamaBlock(config, i) for i in range(config.n_layer))
         self.norm = RMSNorm(config.d_model, eps=config.rms_eps)
-        for module in self.modules():  # random weights for tests; `kvlab.load_smollm2` loads trained ones
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if not self.wte.weight.is_meta:  # random weights, for tests; `from_state_dict` builds empty, then loads
+            for module in self.modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    nn.init.normal_(module.weight, mean=0.0, std=0.02)
         # No `conv1d_layout` here, unlike TinyGPT: with PyTorch's own weight layout every matmul runs the same BLAS
         # kernel as transformers' LlamaForCausalLM, so the logits are its logits to the last bit (tests/test_smollm2)
 
