@@ -309,9 +309,12 @@ class SinkCache(EvictionCache):
     those say, because softmax must put its weight somewhere; evicting them (a plain sliding window) breaks the model
     as soon as the text is longer than the window, while keeping a few of them keeps it working. `window` counts the
     sinks too, so a `SinkCache` and a `SlidingWindowCache` with the same `window` hold the same number of tokens.
-    StreamingLLM also renumbers positions inside the cache; that needs rotary positions, and kvlab's model has learned
-    absolute ones, so here every token keeps its position in the text.
+    StreamingLLM also renumbers positions inside the cache, which needs rotary positions: kvlab's `Llama` (chapter 10)
+    reads `stores_unrotated_keys`, hands this cache keys before rotation and turns each one to its slot at every step.
+    TinyGPT has learned absolute positions and ignores the flag: there every token keeps its position in the text.
     """
+
+    stores_unrotated_keys = True  # under rotary positions: positions are slots in the cache (StreamingLLM)
 
     def __init__(self, window: int, n_sink: int = 4) -> None:
         super().__init__(check_int("window", window, 1))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .cache import Cache
 from .checks import check_int, check_number
 from .masks import causal_mask, padding_mask
-from .model import TinyGPT
+from .model import TinyGPT, feeding
 
 __all__ = ["LlamaConfig", "rotate_half", "RotaryEmbedding", "RMSNorm", "LlamaAttention", "SwiGLU", "LlamaBlock",
            "Llama"]
@@ -218,8 +218,9 @@ class Llama(nn.Module):
         else:  # padded rows: per-row positions, and a mask that hides the padding
             positions, mask = padding_mask(attention_mask, idx.shape[1])
         x = self._embed(idx)  # (B, T, C): no position embedding, the rotations carry the positions
-        for block in self.blocks:
-            x = block(x, self.rope, positions, cache, mask)
+        with feeding(cache, idx, past, len(self.blocks)):  # as TinyGPT: records the ids, no half-written cache
+            for block in self.blocks:
+                x = block(x, self.rope, positions, cache, mask)
         return F.linear(self.norm(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
     @classmethod

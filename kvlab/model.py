@@ -9,6 +9,8 @@ Hugging Face's ``GPT2LMHeadModel``. One addition: ``n_kv_head < n_head`` gives g
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +21,7 @@ from .cache import Cache
 from .checks import check_int, check_tensor
 from .masks import causal_mask, padding_mask  # chapters 03 and 09; re-exported: `kvlab.model.causal_mask` works
 
-__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "conv1d_layout"]
+__all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "feeding", "conv1d_layout"]
 
 
 class _SameAsNHead(int):
@@ -171,15 +173,9 @@ class TinyGPT(nn.Module):
         else:  # padded rows: per-row positions, and a mask that hides the padding
             positions, mask = padding_mask(attention_mask, idx.shape[1])
         x = self._embed(idx) + self.wpe(positions)  # (B, T, C)
-        try:
+        with feeding(cache, idx, past, len(self.blocks)):  # records the ids; a cut-off forward leaves no half cache
             for block in self.blocks:
                 x = block(x, cache, mask)
-            if cache is not None:
-                cache.record_fed(idx, past)  # which tokens it now holds, so `generate` can check a reused cache
-        except BaseException as error:  # Ctrl-C too
-            if cache is not None:
-                _drop_half_written(cache, past, len(self.blocks), error)
-            raise
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head: (B, T, vocab_size)
 
     def _embed(self, idx: torch.Tensor) -> torch.Tensor:
@@ -230,6 +226,25 @@ class TinyGPT(nn.Module):
     def n_params(self) -> int:
         """Parameters, counting the tied embedding once."""
         return sum(p.numel() for p in self.parameters())
+
+
+@contextlib.contextmanager
+def feeding(cache: Cache | None, idx: torch.Tensor, past: int, n_layer: int) -> Iterator[None]:
+    """Wrap the layers' cache updates of one forward that feeds `idx` after `past` cached tokens.
+
+    On success the cache records the ids it now holds (`Cache.record_fed`), so `generate` can check that a reused
+    cache continues the prompt, whoever filled it. On any exception, Ctrl-C included, a half-written cache is
+    reset (`_drop_half_written`). Every kvlab model (TinyGPT, Llama) runs its layers inside this one wrapper.
+    """
+    if cache is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException as error:  # Ctrl-C too
+        _drop_half_written(cache, past, n_layer, error)
+        raise
+    cache.record_fed(idx, past)  # which tokens it now holds
 
 
 def _drop_half_written(cache: Cache, past: int, n_layer: int, error: BaseException) -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import kvlab
 from kvlab.cache import DynamicCache, StaticCache
-from kvlab.compressed_cache import HeavyHitterCache, SinkCache, received_attention
+from kvlab.compressed_cache import HeavyHitterCache, SinkCache, SlidingWindowCache, received_attention
 from kvlab.llama import Llama, LlamaConfig, RotaryEmbedding
 from tests.test_cache_contract import REGISTRY
 
@@ -126,8 +126,12 @@ def test_rotated_scores_depend_only_on_the_distance_between_tokens():
 
 # --- StreamingLLM's renumbering: keys stored unrotated, rotated at their slot in the cache ---
 
-class StreamingSinkCache(SinkCache):
-    stores_unrotated_keys = True  # what `SinkCache` itself should say (see the report of issue 14)
+class TextPositionSinkCache(SinkCache):
+    stores_unrotated_keys = False  # the transformers way: keys rotated once, at their position in the text
+
+
+def test_the_sink_cache_asks_for_streaming_llm_positions():
+    assert SinkCache.stores_unrotated_keys and not getattr(SlidingWindowCache, "stores_unrotated_keys", False)
 
 
 def one_layer_reference(model: Llama, fed: torch.Tensor, attended: list[int], positions: list[int]) -> torch.Tensor:
@@ -157,7 +161,7 @@ def test_sink_cache_positions_match_a_direct_computation(streaming):
     StreamingLLM rotates them at their slots 0..n-1; the transformers way at their positions in the text."""
     model, fed = small_model(n_layer=1), tokens((1, 14), seed=6)
     window, n_sink = 6, 2
-    cache = StreamingSinkCache(window, n_sink) if streaming else SinkCache(window, n_sink)
+    cache = SinkCache(window, n_sink) if streaming else TextPositionSinkCache(window, n_sink)
     for t in range(14):
         logits = run(model, fed[:, t:t + 1], cache)[0, -1]
         held = list(range(t)) if t <= window else list(range(n_sink)) + list(range(t - window + n_sink, t))
@@ -170,7 +174,7 @@ def test_sink_cache_positions_match_a_direct_computation(streaming):
 
 def test_streaming_sink_cache_changes_nothing_before_it_evicts():
     model, sequence = small_model(), tokens((2, 10), seed=7)
-    cache = StreamingSinkCache(window=12, n_sink=2)
+    cache = SinkCache(window=12, n_sink=2)
     logits = torch.cat([run(model, sequence[:, :4], cache)] + [run(model, sequence[:, t:t + 1], cache)
                                                                for t in range(4, 10)], dim=1)
     torch.testing.assert_close(logits, run(model, sequence), atol=1e-5, rtol=1e-5)
