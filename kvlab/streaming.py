@@ -116,16 +116,24 @@ def attention_sinks(budget: int, n_sink: int = 4) -> Attend:
         raise ValueError(f"n_sink must be smaller than budget, got n_sink={n_sink}, budget={budget}")
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
-        T = q.shape[-2]
+        T, D = q.shape[-2:]
         t = torch.arange(T, device=q.device)
-        window = _grouped_scores(rope(q, t), rope(k, t))  # (B, H, T, T): distance t - p, as in the text
-        sinks = _grouped_scores(rope(q, t.clamp(max=budget)), rope(k[:, :, :n_sink], t[:n_sink]))  # (B, H, T, n_sink)
+        # One dot product, two rotations: each head is doubled. Its first half holds the queries rotated at their
+        # text positions and the window keys (zero in the second half); its second half the queries rotated at their
+        # slot min(t, budget) and the sinks at theirs, 0 .. n_sink - 1 (zero in the first half).
+        queries = torch.cat([rope(q, t), rope(q, t.clamp(max=budget))], dim=-1)  # (B, H, T, 2D)
+        sink_keys = rope(k[:, :, :n_sink], t[:n_sink])
+        keys = torch.cat([torch.cat([torch.zeros_like(sink_keys), sink_keys], dim=-1),
+                          torch.cat([rope(k, t), torch.zeros_like(k)], dim=-1)], dim=-2)  # (B, H_kv, n_sink + T, 2D)
         window_allowed = window_mask(T, budget - n_sink, q.device)  # the last budget - n_sink tokens and itself
         window_allowed[:, :n_sink] = False  # the sinks are counted once, in their own columns
         sinks_allowed = t[:n_sink] <= t[:, None]  # (T, n_sink): a sink exists once it has been read
-        scores = torch.cat([sinks, window], dim=-1).masked_fill(~torch.cat([sinks_allowed, window_allowed], -1),
-                                                                 float("-inf"))
-        return _grouped_mix(scores.softmax(dim=-1), torch.cat([v[:, :, :n_sink], v], dim=-2))
+        values = torch.cat([v[:, :, :n_sink], v], dim=-2)  # (B, H_kv, n_sink + T, D)
+        values = torch.cat([values, torch.zeros_like(values)], dim=-1)  # as wide as the keys: the fused kernel
+        y = F.scaled_dot_product_attention(queries, keys, values, attn_mask=torch.cat([sinks_allowed, window_allowed],
+                                                                                         dim=-1),
+                                           scale=1 / math.sqrt(D), enable_gqa=q.shape[1] != k.shape[1])
+        return y[..., :D]  # the zero half of the values adds nothing
 
     attend.__qualname__ = f"attention_sinks({budget}, n_sink={n_sink})"
     return attend
@@ -151,9 +159,11 @@ def quantized(bits: int, group_size: int = 32, residual_length: int = 32) -> Att
         v_q[:, :, :n] = dequantize(quantize(v[:, :, :n].reshape(B, H_kv, -1, G, D), bits, dim=-1)).view(B, H_kv, n, D)
         ready = (t // G + 1) * G + R - 1  # the step at which each token's group is quantised
         seen_quantized = t[:, None] >= ready[None, :]  # (T, T): query t sees key p dequantised
-        scores = torch.where(seen_quantized, _grouped_scores(q, k_q), _grouped_scores(q, k))
-        weights = scores.masked_fill(t[None, :] > t[:, None], float("-inf")).softmax(dim=-1)
-        return _grouped_mix(weights * seen_quantized, v_q) + _grouped_mix(weights * ~seen_quantized, v)
+        causal = t[None, :] <= t[:, None]
+        # attention over both copies of every token, each allowed only where the cache hands that copy over
+        mask = torch.cat([causal & seen_quantized, causal & ~seen_quantized], dim=-1)  # (T, 2T)
+        return F.scaled_dot_product_attention(q, torch.cat([k_q, k], dim=-2), torch.cat([v_q, v], dim=-2),
+                                              attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
     attend.__qualname__ = f"quantized({bits}, group_size={G}, residual_length={R})"
     return attend
