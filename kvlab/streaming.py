@@ -212,10 +212,11 @@ class PolicyRun:
         """exp(mean loss): the number of equally likely tokens the model is as unsure as, on average."""
         return math.exp(self.losses.double().mean().item())
 
-    def perplexity_from(self, start: int) -> float:
-        """Perplexity of the predictions made at positions >= `start` (e.g. once a cache has begun to evict)."""
-        start = check_int("start", start, 0, len(self.losses) - 1)
-        return math.exp(self.losses[start:].double().mean().item())
+    def perplexity_over(self, start: int = 0, stop: int | None = None) -> float:
+        """Perplexity of the predictions made at positions `start` .. `stop` - 1 (say, once a cache evicts)."""
+        stop = len(self.losses) if stop is None else check_int("stop", stop, 1, len(self.losses))
+        start = check_int("start", start, 0, stop - 1)
+        return math.exp(self.losses[start:stop].double().mean().item())
 
     def top1_agreement(self, other: PolicyRun) -> float:
         """Share of positions where both runs predict the same next token (what greedy decoding would emit)."""
