@@ -31,16 +31,17 @@ def plot_rolling_perplexity(curves: dict, budget: int, width: int, ax=None, titl
     """Perplexity over the last `width` positions against position in the text, one line per cache policy.
 
     `curves` maps a policy's name to its values (`kvlab.streaming.rolling_perplexity`); position t's value
-    covers the predictions made at positions t - width + 1 .. t. A dotted line marks `budget`, where the evicting
-    caches begin to drop tokens. The y axis is logarithmic: perplexity multiplies.
+    covers the predictions made at positions t - width + 1 .. t; the first width - 1 values average fewer tokens (the
+    very first ones, with almost no context, are in the thousands) and are not drawn. A dotted line marks `budget`,
+    where the evicting caches begin to drop tokens. The y axis is logarithmic: perplexity multiplies.
     """
     curves = _checks.check_entries("curves", curves, "{policy: [perplexity per position]}")
     length = len(next(iter(curves.values())))
     curves = _checks.check_curves("curves", {k: list(map(float, v)) for k, v in curves.items()}, length)
-    budget, width = check_int("budget", budget, 1), check_int("width", width, 1)
+    budget, width = check_int("budget", budget, 1), check_int("width", width, 1, length)
     fig, ax = axes(ax)
     for label, values in curves.items():
-        ax.plot(range(1, length + 1), values, label=label)
+        ax.plot(range(width, length + 1), values[width - 1:], label=label)
     ax.axvline(budget, color="black", linestyle=":", label=f"budget ({budget} tokens)")
     ax.set_yscale("log")
     ax.set_xlabel("position in the text (tokens)")
