@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int, check_tensor, check_type
-from .compressed_cache import SinkCache, dequantize, quantize
+from .checks import check_int, check_one_of, check_tensor, check_type
+from .compressed_cache import BITS, SinkCache, dequantize, quantize
 from .llama import Llama, RotaryEmbedding
 
 __all__ = ["StreamingSinkCache", "window_mask", "full_attention", "sliding_window", "attention_sinks", "quantized",
@@ -146,7 +146,7 @@ def quantized(bits: int, group_size: int = 32, residual_length: int = 32) -> Att
     `group_size` tokens, with `kvlab.compressed_cache.quantize`, exactly as the cache does; query t sees the groups
     the cache has quantised by its step dequantised, the rest exact.
     """
-    check_int("bits", bits)
+    bits = check_one_of("bits", check_int("bits", bits), BITS)
     G, R = check_int("group_size", group_size, 1), check_int("residual_length", residual_length, 0)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:

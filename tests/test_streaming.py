@@ -130,7 +130,7 @@ def test_bad_input_gets_clear_errors(small):
     with pytest.raises(TypeError, match="attend must be"):
         forward_with_attention(model, idx, attend="window")
     with pytest.raises(ValueError, match="bits"):
-        quantized(3)(*[torch.zeros(1, 2, 4, 8)] * 3, model.rope)
+        quantized(3)
     with pytest.raises(ValueError, match="runs over different lengths"):
         PolicyRun(torch.zeros(3), torch.zeros(3)).top1_agreement(PolicyRun(torch.zeros(4), torch.zeros(4)))
 
