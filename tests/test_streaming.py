@@ -151,8 +151,7 @@ def smol():
 @pytest.mark.parametrize("policy, make_cache", [
     (sliding_window(32), lambda: SlidingWindowCache(32)),
     (attention_sinks(32, 4), lambda: StreamingSinkCache(32, 4)),
-    (quantized(4, 16, 16), lambda: QuantizedCache(4, 16, 16)),
-], ids=["window", "sinks", "int4"])
+], ids=["window", "sinks"])
 def test_one_forward_equals_the_real_caches_on_smollm2(smol, policy, make_cache):
     """200 tokens of Python's help texts with a budget of 32: the one-forward losses are the decode's losses."""
     model, tokenizer = smol
@@ -164,3 +163,18 @@ def test_one_forward_equals_the_real_caches_on_smollm2(smol, policy, make_cache)
     assert (run.predictions == logits.argmax(-1)).all()
     full = decode(model, idx, DynamicCache())[0, :-1]
     assert (logits - full).abs().max() > 1e-2  # the policy changed something: the comparison can fail
+
+
+def test_quantized_one_forward_matches_the_real_cache_up_to_flipped_codes(smol):
+    """int4 on SmolLM2: the same computation, but not bit for bit. The one pass computes the keys in one batched
+    matmul, the decode one token at a time; float rounding then differs by ~1e-6, which moves a few of the tens of
+    thousands of keys per layer across a rounding boundary of the 16 levels, and a flipped code moves a key by a
+    whole step. (On the small models above no code flips and the logits agree to 1e-5.) So: close, not equal."""
+    model, tokenizer = smol
+    idx = tokenizer.encode_batch(topics["execmodel"])[:, :200]
+    logits = decode(model, idx, QuantizedCache(4, 16, 16))[0, :-1]
+    expected = PolicyRun(F.cross_entropy(logits, idx[0, 1:], reduction="none"), logits.argmax(-1))
+    run = token_losses(model, idx, quantized(4, 16, 16))
+    assert abs(run.perplexity / expected.perplexity - 1) < 0.01
+    assert run.top1_agreement(expected) >= 0.95
+    assert (run.losses - expected.losses).abs().mean() < 0.01
