@@ -18,7 +18,9 @@ decode step (equality with the caches' token-by-token decode is tested in tests/
   min(t, budget): `attention_sinks`.
 - `QuantizedCache(bits, group_size, residual_length)`: group g (tokens g·G .. g·G + G - 1) is quantised once, at
   the step of token (g + 1)·G + R - 1, and never changes; from that step on every query sees it dequantised, and
-  earlier ones see it exact (`quantized`).
+  earlier ones see it exact (`quantized`). The same computation, but not bit for bit on a real model: the one pass
+  computes the keys in one matmul and the cache one token at a time, and float rounding's last digits can flip a
+  code to its neighbour (tests/test_streaming.py bounds the effect on SmolLM2).
 
 Each policy is an attention function ``attend(q, k, v, rope) -> y``: queries (B, H, T, D) and keys, values
 (B, H_kv, T, D) of all T tokens, before rotation, and the model's `RotaryEmbedding`. `forward_with_attention` runs a
