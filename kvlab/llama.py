@@ -9,8 +9,11 @@ Read top to bottom: `LlamaConfig`, `RotaryEmbedding`, `RMSNorm`, `LlamaAttention
   query and key is rotated by angles proportional to its position, so ``q · k`` depends on how far apart two
   tokens are, not on where they stand. Convention: transformers' ("rotate_half": dimension i turns together with
   dimension i + D/2), not llama.cpp's (pairs 2i, 2i + 1); `kvlab.smollm2` undoes the GGUF file's reordering.
-- a **SwiGLU** MLP: ``down(silu(gate(x)) · up(x))``, and no biases anywhere.
-- **grouped-query attention** (Ainslie et al. 2023): fewer K/V heads than query heads, so a smaller cache.
+- a **SwiGLU** MLP: ``down(silu(gate(x)) · up(x))`` instead of GELU.
+- **no biases** anywhere.
+
+Grouped-query attention (Ainslie et al. 2023: fewer K/V heads than query heads, so a smaller cache) is not a change:
+TinyGPT has it too (``n_kv_head``); most recent Llama-family models use it (Llama 2 only at 70B).
 
 The cache API is TinyGPT's: attention calls ``cache.update(k, v, layer_idx)`` and nothing else, so every kvlab
 cache works here. One question is new with rotary positions: are the cached keys rotated already? By default yes,

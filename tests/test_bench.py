@@ -178,8 +178,16 @@ def test_figure_4_reports_the_readable_models_step_too(quick_run):
 def test_filled_cache_holds_position_tokens():
     model = random_model()
     for kind in ("static", "dynamic"):
-        cache = figures._filled_cache(model, kind, 20, 30, 2, torch.Generator().manual_seed(0))
+        prefix = torch.randint(model.config.vocab_size, (2, 20))
+        cache = figures._filled_cache(model, kind, prefix, 30, torch.Generator().manual_seed(0))
         assert [cache.get_seq_length(layer) for layer in range(2)] == [20, 20]
+        assert torch.equal(cache.token_ids, prefix)  # so generate accepts it as the start of a longer prompt
+
+
+def test_decode_step_seconds_runs_on_a_filled_cache():
+    """The figure-4 measurement continues a hand-filled cache through `generate`, which checks what it holds."""
+    for cache in ("static", "dynamic"):
+        assert bench.decode_step_seconds(random_model(), 8, 2, cache=cache, repeats=1, warmup=0) > 0
 
 
 def test_compare_with_transformers_on_a_small_model():

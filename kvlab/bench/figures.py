@@ -97,14 +97,14 @@ def kernel_floor_seconds(model: TinyGPT, batch_size: int = 1, repeats: int = 5, 
     return median_seconds(matmuls, repeats, warmup)
 
 
-def _filled_cache(model: TinyGPT, kind: str, position: int, capacity: int, batch_size: int,
-                  generator: torch.Generator):
-    """A cache of `kind` holding `position` tokens of random keys and values in every layer, written by `update`.
+def _filled_cache(model: TinyGPT, kind: str, prefix: torch.Tensor, capacity: int, generator: torch.Generator):
+    """A cache of `kind` holding the `prefix` (B, position) tokens as random keys and values, written by `update`.
 
     A decode step's time depends on how many keys and values it reads, not on their values, so random ones stand
-    in for a real prefill of `position` tokens (which would cost far more than the steps being timed).
+    in for a real prefill of `position` tokens (which would cost far more than the steps being timed). The cache
+    records `prefix` as the ids it holds, so `generate` accepts it as the start of a prompt.
     """
-    c, weight = model.config, model.wte.weight
+    (batch_size, position), c, weight = prefix.shape, model.config, model.wte.weight
     if kind == "static":
         cache = StaticCache(c, batch_size, capacity, dtype=weight.dtype, device=weight.device)
     else:
@@ -113,6 +113,7 @@ def _filled_cache(model: TinyGPT, kind: str, position: int, capacity: int, batch
     for layer in range(c.n_layer):
         keys, values = (torch.randn(shape, generator=generator).to(weight) for _ in range(2))
         cache.update(keys, values, layer)
+    cache.record_fed(prefix, past=0)  # what a real prefill of `prefix` would have recorded
     return cache
 
 
@@ -144,7 +145,7 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
         if cache == "lean":
             decode_s = _lean_decode_steps(model, idx, n_steps, capacity, generator)
         else:
-            filled = _filled_cache(model, cache, position, capacity, batch_size, generator)
+            filled = _filled_cache(model, cache, idx[:, :position], capacity, generator)
             decode_s = generate_with_stats(model, idx, n_steps + 1, cache=filled)[1].decode_s
         if run >= warmup:
             steps += decode_s
