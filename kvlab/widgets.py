@@ -44,12 +44,13 @@ def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: i
         name = _preset_name(n_layer, d_model, n_head, n_kv_head, n_params)
         report = memory.memory_report(n_layer, d_model, n_head, n_kv_head, batch_size, seq_len, dtype,
                                       gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype, name=name)
-        text = memory.format_report(report)
+        text = memory.format_report(report)  # exact integers: prints any size
+        figure = plots.plot_memory_report(report)  # floats: a plot's axes end near 10^308
     except (ValueError, TypeError) as error:
         return f"Cannot compute this setting: {error}", None
-    except OverflowError:  # beyond float range (~1e308), e.g. to print GiB: not a setting worth a traceback
+    except OverflowError:  # beyond float range (~1e308): not a setting worth a traceback
         return "Cannot compute this setting: the numbers are too large to show (over 10^308)", None
-    return text, plots.plot_memory_report(report)
+    return text, figure
 
 
 def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: int = 4096,
