@@ -145,6 +145,7 @@ def decode_step_seconds(model: TinyGPT, position: int, n_steps: int = 8, *, cach
             decode_s = _lean_decode_steps(model, idx, n_steps, capacity, generator)
         else:
             filled = _filled_cache(model, cache, position, capacity, batch_size, generator)
+            filled.record_fed(idx[:, :position], 0)  # its random keys stand for these ids: generate checks them
             decode_s = generate_with_stats(model, idx, n_steps + 1, cache=filled)[1].decode_s
         if run >= warmup:
             steps += decode_s
