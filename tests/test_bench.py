@@ -400,8 +400,8 @@ def test_figure_6_rows_target_plot_and_json(tmp_path):
     assert again.details.figure6 == results.details.figure6
     fig = bench.plot_benchmark(results)
     assert len(fig.axes) == 8
-    assert any(ax.get_title().startswith("6. SmolLM2-135M, kvlab vs transformers: lean ×1.30") for ax in fig.axes)
-    assert any("64× over 1024 tokens" in ax.get_title() for ax in fig.axes)
+    assert any(ax.get_title() == "6. SmolLM2-135M vs transformers: lean ×1.30" for ax in fig.axes)
+    assert any(ax.get_title() == "6. Cache: 64× over 1024 tokens (integrated)" for ax in fig.axes)
     plt.close(fig)
 
 
