@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from .generate import _check_arguments, _sample
+from .lean_llama import lean_llama_forward, lean_weights
+from .llama import Llama
 from .masks import causal_mask
 from .model import Block, TinyGPT
 
@@ -90,12 +92,13 @@ def lean_forward(model: TinyGPT, layers: list[LayerWeights], kv: list[tuple[torc
 
 
 @torch.inference_mode()
-def lean_generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+def lean_generate(model: TinyGPT | Llama, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
                   top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """`generate` with a cache, leaner: the same tokens for the same arguments, (B, T + max_new_tokens).
 
     Always exactly `max_new_tokens` tokens (no `eos_id`), always a fresh buffer sized for prompt + new tokens; use
-    `generate` for everything else (caches passed in, early stopping, timings).
+    `generate` for everything else (caches passed in, early stopping, timings). A `kvlab.Llama` (SmolLM2) runs
+    `kvlab.lean_llama`'s step over the same buffers.
     """
     _check_arguments(model, idx, max_new_tokens, True, None, temperature, top_k)
     model._check_token_ids(idx)  # once, for the prompt: every later token is one the model itself chose
@@ -103,12 +106,21 @@ def lean_generate(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int, *, tem
     weight = model.wte.weight
     shape = (B, c.n_kv_head, P + max_new_tokens, c.head_dim)  # (B, H_kv, T_max, D)
     kv = [(weight.new_empty(shape), weight.new_empty(shape)) for _ in model.blocks]
-    layers = [layer_weights(block) for block in model.blocks]
+    if isinstance(model, Llama):
+        layers, head = lean_weights(model)
+
+        def step(new: torch.Tensor, pos: int) -> torch.Tensor:
+            return lean_llama_forward(model, layers, head, kv, new, pos)
+    else:
+        layers = [layer_weights(block) for block in model.blocks]
+
+        def step(new: torch.Tensor, pos: int) -> torch.Tensor:
+            return lean_forward(model, layers, kv, new, pos)
     tokens = idx.new_empty(B, P + max_new_tokens)
     tokens[:, :P] = idx
     new, pos = idx, 0  # prefill feeds the prompt at position 0; each decode step one token after it
     for _ in range(max_new_tokens):
-        logits = lean_forward(model, layers, kv, new, pos)
+        logits = step(new, pos)
         pos += new.shape[1]
         tokens[:, pos:pos + 1] = _sample(logits, temperature, top_k, generator)  # arguments checked above
         new = tokens[:, pos:pos + 1]

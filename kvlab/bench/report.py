@@ -51,7 +51,14 @@ TARGETS: dict[str, TargetSpec] = {
                                        lambda r: r.static_latency_ratio),
     "kernel_floor_fraction": TargetSpec(">=", 0.9, "bare matmuls ÷ lean_generate's decode step, GPT-2-small shape",
                                         lambda r: r.kernel_floor_fraction),
+    "vs_transformers_smollm2": TargetSpec(">=", 1.2, "lean_generate ÷ transformers tokens/s, cached, SmolLM2-135M",
+                                          lambda r: r.vs_transformers_smollm2),
 }
+
+
+def _figure6_skipped(results: BenchResults) -> str | None:
+    figure6 = results.details.figure6
+    return "not measured (results from before figure 6)" if figure6 is None else figure6.skipped
 
 
 def check_targets(results: BenchResults) -> dict[str, Target]:
@@ -66,7 +73,8 @@ def check_targets(results: BenchResults) -> dict[str, Target]:
         checked[key] = Target(value, f"{spec.op} {spec.threshold:g}", None if value is None else spec.met(value),
                               spec.what)
         if value is None:
-            checked[key].why_not_checked = "not measured (transformers not installed, or skipped)"
+            checked[key].why_not_checked = (_figure6_skipped(results) if key == "vs_transformers_smollm2" else None) \
+                or "not measured (transformers not installed, or skipped)"
     headline_T = results.details.figure1.headline_T
     if headline_T != TARGET_T:
         checked["cache_speedup"].met = None
@@ -96,7 +104,7 @@ def format_table(results: BenchResults) -> str:
 
     def row(label: str, value: str, key: str | None = None) -> None:
         target, verdict = "", ""
-        if key is not None:
+        if key is not None and key in targets:  # a file from before a target existed has no verdict for it
             target, met = targets[key].target, targets[key].met
             verdict = "" if met is None else ("ok" if met else "MISSED")
         lines.append(f"{label:<58} {value:>9}  {target:>7}  {verdict}".rstrip())
@@ -130,8 +138,27 @@ def format_table(results: BenchResults) -> str:
     lines.append("     " + ", ".join(f"{s.tokens_per_s:.0f}" for s in r.batch_sweep))
     row("   time per step (ms)", "")
     lines.append("     " + ", ".join(f"{s.latency_s * 1e3:.1f}" for s in r.batch_sweep))
+    _figure6_rows(r, row, lines)
     lines.append(f"({r.elapsed_s:.0f} s; load average after: {m.load_average_after})")
     return "\n".join(lines)
+
+
+def _figure6_rows(r: BenchResults, row: Callable, lines: list[str]) -> None:
+    """Figure 6's lines of the table: the comparison with transformers, then the cache speed-up, or why not."""
+    f6 = r.details.figure6
+    comparison = None if f6 is None else f6.comparison
+    note = "" if comparison is None or comparison.same_tokens else " (TOKENS DIFFER)"
+    row("6  SmolLM2-135M: lean_generate ÷ transformers, cached" + note, _fmt(r.vs_transformers_smollm2),
+        "vs_transformers_smollm2")
+    row("   generate ÷ transformers (the readable model)", _fmt(r.vs_transformers_smollm2_generate))
+    if comparison is not None:
+        lines.append(f"     tokens/s, batch 1, 1 thread: lean_generate {comparison.kvlab_lean_tokens_per_s:.1f}, "
+                     f"generate {comparison.kvlab_tokens_per_s:.1f}, transformers "
+                     f"{comparison.transformers_tokens_per_s:.1f} ({comparison.new_tokens} new tokens)")
+    generated = "" if f6 is None or f6.generated is None else f" {f6.generated}"
+    row(f"   cache speed-up,{generated} new tokens (integrated from steps)", _fmt(r.smollm2_cache_speedup))
+    if f6 is None or f6.skipped:
+        lines.append(f"     ({_figure6_skipped(r)})")
 
 
 def closing_note(results: BenchResults) -> str:
@@ -145,6 +172,9 @@ def closing_note(results: BenchResults) -> str:
     figure2 = results.details.figure2
     if not all(row.same_tokens for rows in (figure2.cached, figure2.uncached) for row in rows.values()):
         lines.append("WARNING: kvlab and transformers produced different tokens in figure 2; see details.figure2.")
+    figure6 = results.details.figure6
+    if figure6 is not None and figure6.comparison is not None and not figure6.comparison.same_tokens:
+        lines.append("WARNING: kvlab and transformers produced different tokens in figure 6; see details.figure6.")
     return "\n".join(lines)
 
 
@@ -199,18 +229,21 @@ def _plain_ticks(ax, log_y: bool = True) -> None:
 
 
 def plot_benchmark(results: BenchResults, axes=None):
-    """The five figures of one `kvlab bench` run in six panels (`run_benchmarks`'s result, or `load_results`').
+    """The six figures of one `kvlab bench` run in eight panels (`run_benchmarks`'s result, or `load_results`').
 
     Top: the cache speed-up against T (log-log), kvlab ÷ transformers in both regimes, decode latency near and far
     into the sequence. Bottom: decode bandwidth against the machine's two ceilings, then the batch sweep's
-    throughput and time per step. Every panel is a ratio or a time from the same run; dashed lines are the targets.
+    throughput and time per step. Right: SmolLM2's tokens/s in kvlab and transformers, and its step times with and
+    without a cache (figure 6). Every panel is a ratio or a time from the same run; dashed lines are the targets.
     """
     import matplotlib.pyplot as plt  # only when drawing: keeps matplotlib out of the measuring
 
     check_type("results", results, BenchResults, "the BenchResults run_benchmarks returns")
     if axes is None:
-        fig, axes = plt.subplots(2, 3, figsize=(13.5, 7.2), dpi=80, layout="constrained")
+        fig, axes = plt.subplots(2, 4, figsize=(18, 7.2), dpi=80, layout="constrained")
     axes = [ax for row in axes for ax in row] if hasattr(axes[0], "__len__") else list(axes)
+    if len(axes) == 8:  # a 2 x 4 grid: figures 1-3 and 6 on top, 4, 5 and 6's step times below
+        axes = [axes[i] for i in (0, 1, 2, 4, 5, 6, 3, 7)]
     fig = axes[0].figure
     r, d, m = results, results.details, results.machine
     fig.suptitle(f"kvlab bench ({r.plan.name}): {m.cpu}, {m.cpus_available or m.cpu_count} cores, torch {m.torch}, "
@@ -288,6 +321,47 @@ def plot_benchmark(results: BenchResults, axes=None):
         ax.set_ylabel(ylabel)
     axes[4].set_title(f"5. Batch {batches[-1]}: ×{sweep[-1].tokens_per_s / sweep[0].tokens_per_s:.1f} tokens/s ...")
     axes[5].set_title(f"... for ×{sweep[-1].latency_s / sweep[0].latency_s:.1f} time per step")
+    if len(axes) >= 8:
+        _plot_figure6(r, axes[6], axes[7])
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
     return fig
+
+
+def _plot_figure6(r: BenchResults, ax_rates, ax_steps) -> None:
+    """Figure 6: SmolLM2's cached tokens/s in each loop (bars), and one step's time against the tokens before it."""
+    f6 = r.details.figure6
+    why = _figure6_skipped(r)
+    comparison = None if f6 is None else f6.comparison
+    if comparison is None:
+        ax_rates.text(0.5, 0.5, f"{why}", ha="center", va="center", wrap=True, transform=ax_rates.transAxes,
+                      fontsize=8)
+    else:
+        rates = [comparison.transformers_tokens_per_s, comparison.kvlab_tokens_per_s,
+                 comparison.kvlab_lean_tokens_per_s]
+        bars = ax_rates.bar(["transformers", "kvlab\ngenerate", "kvlab\nlean_generate"], rates,
+                            color=["C7", "C9", "C0"])
+        ax_rates.bar_label(bars, labels=[f"{x:.1f}" for x in rates], fontsize=8)
+        ax_rates.axhline(TARGETS["vs_transformers_smollm2"].threshold * rates[0], color="tab:red", linestyle="--",
+                         label="target: 1.2 × transformers")
+        ax_rates.legend(fontsize=8, loc="lower right")
+    ax_rates.set_ylabel("cached tokens/s, batch 1, 1 thread")
+    ratio = "" if r.vs_transformers_smollm2 is None else f": lean ×{r.vs_transformers_smollm2:.2f}"
+    ax_rates.set_title(f"6. SmolLM2-135M vs transformers{ratio}")
+    if f6 is None or f6.cache_speedup is None:
+        ax_steps.text(0.5, 0.5, f"{why}", ha="center", va="center", wrap=True, transform=ax_steps.transAxes,
+                      fontsize=8)
+        ax_steps.set_title("6. SmolLM2-135M: the cache")
+        return
+    for times, label, color in ((f6.uncached_step_s, "uncached (reads every token)", "C7"),
+                                (f6.cached_step_s, "cached (reads one token)", "C0")):
+        ax_steps.plot(f6.step_lengths, [t * 1e3 for t in times], "o-", color=color, label=label)
+    ax_steps.set_yscale("log")
+    _plain_ticks(ax_steps)
+    from matplotlib.ticker import NullFormatter
+
+    ax_steps.yaxis.set_minor_formatter(NullFormatter())  # decades apart: minor labels would overlap
+    ax_steps.set_xlabel("tokens before the step")
+    ax_steps.set_ylabel("time of one step (ms)")
+    ax_steps.set_title(f"6. Cache: {f6.cache_speedup:.0f}× over {f6.generated} tokens (integrated)")
+    ax_steps.legend(fontsize=8)

@@ -30,13 +30,17 @@ class BenchPlan:
     batch_sizes: tuple[int, ...]  # figure 5
     repeats: int  # timed repetitions of each measurement (the median is kept)
     warmup: int  # untimed runs before the first repetition
+    smollm2_new_tokens: int | None = None  # figure 6: greedy tokens per generation on SmolLM2; None skips figure 6
+    smollm2_generated: int = 1024  # figure 6: the generation length whose cache speed-up is integrated
+    smollm2_points: int = 4  # figure 6: lengths (evenly spaced over it) at which one step is timed both ways
 
 
 PLANS: dict[str, BenchPlan] = {
     "default": BenchPlan("default", prompt_len=16, lengths=(64, 128, 256, 512), new_tokens_small=128,
                          new_tokens_gpt2=32, positions=(100, 2000), position_steps=8, decode_steps=8,
-                         batch_sizes=(1, 2, 4, 8, 16), repeats=5, warmup=1),
-    # under 30 s on two cores: shorter generations, fewer repetitions; the same figures, the same models
+                         batch_sizes=(1, 2, 4, 8, 16), repeats=5, warmup=1, smollm2_new_tokens=64),
+    # under 30 s on two cores: shorter generations, fewer repetitions; the same figures, the same models, except
+    # figure 6 (SmolLM2), skipped: loading transformers' copy of the 135M model alone takes about 15 s
     "quick": BenchPlan("quick", prompt_len=16, lengths=(32, 64, 128), new_tokens_small=32, new_tokens_gpt2=8,
                        positions=(100, 2000), position_steps=4, decode_steps=4, batch_sizes=(1, 2, 4, 8, 16),
                        repeats=3, warmup=1),
@@ -169,11 +173,35 @@ class BatchRow:
 
 
 @dataclass
+class Figure6:
+    """SmolLM2-135M, a real model: kvlab vs transformers at batch 1, and kvlab's cache speed-up over a long text.
+
+    `comparison` is figure 2's record for the same weights in both libraries (None without transformers).
+    The speed-up is integrated, not timed whole (uncached, 1,024 tokens would take many minutes): one step is
+    timed with and without a cache at `step_lengths` tokens, each step's time over the generation is interpolated
+    linearly between them, and the totals are summed (`method` says so). `skipped` says why parts are missing.
+    """
+
+    skipped: str | None = None
+    comparison: Comparison | None = None
+    prompt_len: int | None = None
+    generated: int | None = None
+    step_lengths: list[int] | None = None  # tokens before the step: fed whole uncached, held in the cache cached
+    cached_step_s: list[float] | None = None
+    uncached_step_s: list[float] | None = None
+    cached_total_s: float | None = None
+    uncached_total_s: float | None = None
+    cache_speedup: float | None = None
+    method: str = ""
+
+
+@dataclass
 class Details:
     figure1: Figure1
     figure2: Figure2
     figure3: Figure3
     figure4: Figure4
+    figure6: Figure6 | None = None  # None in results written before figure 6 existed
 
 
 @dataclass
@@ -216,6 +244,9 @@ class BenchResults:
     created: str = ""
     targets: dict[str, Target] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    vs_transformers_smollm2: float | None = None  # figure 6: lean_generate ÷ transformers tokens/s, cached
+    vs_transformers_smollm2_generate: float | None = None  # figure 6: generate ÷ transformers
+    smollm2_cache_speedup: float | None = None  # figure 6: cached ÷ uncached, integrated over `smollm2_generated`
 
     def to_dict(self) -> dict:
         """The JSON-ready dict `kvlab bench` writes (`kvlab.bench.report.save_results` rounds its floats)."""
