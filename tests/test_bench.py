@@ -184,12 +184,6 @@ def test_filled_cache_holds_position_tokens():
         assert torch.equal(cache.token_ids, prefix)  # so generate accepts it as the start of a longer prompt
 
 
-def test_decode_step_seconds_runs_on_a_filled_cache():
-    """The figure-4 measurement continues a hand-filled cache through `generate`, which checks what it holds."""
-    for cache in ("static", "dynamic"):
-        assert bench.decode_step_seconds(random_model(), 8, 2, cache=cache, repeats=1, warmup=0) > 0
-
-
 def test_compare_with_transformers_on_a_small_model():
     pytest.importorskip("transformers")
     model = random_model(n_kv_head=4)
