@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .generate import _check_arguments, _sample
-from .lean_llama import lean_llama_forward, lean_weights
+from .lean_llama import _check_position, lean_llama_forward, lean_weights
 from .llama import Llama
 from .masks import causal_mask
 from .model import Block, TinyGPT
@@ -67,9 +67,7 @@ def lean_forward(model: TinyGPT, layers: list[LayerWeights], kv: list[tuple[torc
     c = model.config
     B, T = new.shape
     C, H, H_kv, D = c.d_model, c.n_head, c.n_kv_head, c.head_dim
-    if not 0 <= pos <= min(kv[0][0].shape[-2], c.max_seq_len) - T:  # one comparison: the buffer must have room
-        raise ValueError(f"pos must be in 0..{min(kv[0][0].shape[-2], c.max_seq_len) - T} for {T} new tokens "
-                         f"(buffer of {kv[0][0].shape[-2]} positions, max_seq_len={c.max_seq_len}), got {pos}")
+    _check_position(kv, pos, T, c.max_seq_len)  # one comparison: the buffers must have room
     eps = model.ln_f.eps
     x = model.wte.weight[new] + model.wpe.weight[pos:pos + T]  # (B, T, C)
     mask = causal_mask(T, pos + T, x.device) if T > 1 and pos > 0 else None  # (T, pos + T), as in the model

@@ -70,6 +70,14 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * (x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps))  # `llama.RMSNorm`, same order
 
 
+def _check_position(kv, pos: int, T: int, max_seq_len: int) -> None:
+    """`T` new tokens written at `pos` must fit the K/V buffers and the model's positions: one comparison per step
+    (shared with `kvlab.lean_decode.lean_forward`)."""
+    if not 0 <= pos <= min(kv[0][0].shape[-2], max_seq_len) - T:
+        raise ValueError(f"pos must be in 0..{min(kv[0][0].shape[-2], max_seq_len) - T} for {T} new tokens "
+                         f"(buffer of {kv[0][0].shape[-2]} positions, max_seq_len={max_seq_len}), got {pos}")
+
+
 def lean_llama_forward(model: Llama, layers: list[LlamaLayerWeights], head: torch.Tensor,
                        kv: list[tuple[torch.Tensor, torch.Tensor]], new: torch.Tensor, pos: int) -> torch.Tensor:
     """`Llama.forward` for tokens `new` (B, T) at positions pos..pos+T-1; returns the last position's logits (B, V).
@@ -81,9 +89,7 @@ def lean_llama_forward(model: Llama, layers: list[LlamaLayerWeights], head: torc
     c = model.config
     B, T = new.shape
     C, H, H_kv, D = c.d_model, c.n_head, c.n_kv_head, c.head_dim
-    if not 0 <= pos <= min(kv[0][0].shape[-2], c.max_seq_len) - T:  # one comparison: the buffer must have room
-        raise ValueError(f"pos must be in 0..{min(kv[0][0].shape[-2], c.max_seq_len) - T} for {T} new tokens "
-                         f"(buffer of {kv[0][0].shape[-2]} positions, max_seq_len={c.max_seq_len}), got {pos}")
+    _check_position(kv, pos, T, c.max_seq_len)  # one comparison: the buffers must have room
     eps, gqa, half = c.rms_eps, H != H_kv, D // 2
     cos, sin = model.rope.cos[pos:pos + T], model.rope.sin[pos:pos + T]  # (T, D): once for all layers
     mask = causal_mask(T, pos + T, new.device) if T > 1 and pos > 0 else None  # as in the model

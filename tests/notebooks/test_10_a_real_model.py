@@ -89,16 +89,6 @@ def test_exercise_answers():
 # --- the experiments, recomputed ---
 
 
-@pytest.fixture(scope="module")
-def smol():
-    smollm2 = pytest.importorskip("kvlab.smollm2")
-    try:
-        smollm2.gguf_path()
-    except ModuleNotFoundError:
-        pytest.skip(f"SmolLM2's weights are not installed: {smollm2.INSTALL_COMMAND}")
-    return smollm2.load_smollm2()
-
-
 def test_streamingllm_at_full_size(smol):
     """2,048 tokens of the help text on Python's execution model, a budget of 512: past the budget a plain window
     loses clearly, sinks + window stay close to the full cache and agree with it far more often."""
