@@ -3,7 +3,7 @@
 Every class here is a `kvlab.Cache`, so the model runs them unchanged through its one call,
 ``cache.update(k, v, layer_idx)``. What they hand back differs from what went in:
 
-- `QuantizedCache` stores old tokens as 8- or 4-bit integers with a scale and a zero point, in the style of KIVI
+- `QuantizedCache` stores old tokens as 8-, 4- or 2-bit integers with a scale and a zero point, in the style of KIVI
   (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache"): keys per channel, values per
   token, and the most recent tokens in full precision. `update` returns dequantised keys and values: close to the
   originals, not equal.
@@ -31,11 +31,12 @@ import torch
 
 from .cache import Cache, _check_beam_idx, _check_fits, _check_layer, _check_new_kv
 from .checks import check_int, check_one_of, check_tensor, check_type
+from .memory import QUANTIZED_BITS, check_packed_length
 
 __all__ = ["QuantizedTensor", "quantize", "dequantize", "QuantizedCache", "EvictionCache", "SlidingWindowCache",
            "SinkCache", "HeavyHitterCache", "received_attention"]
 
-BITS = (4, 8)  # the integer widths `quantize` packs into bytes
+BITS = QUANTIZED_BITS  # the integer widths `quantize` packs into bytes: 4, 2 or 1 code per byte
 
 
 def _check_bits(bits: object) -> int:
@@ -45,13 +46,26 @@ def _check_bits(bits: object) -> int:
 # --- quantisation: x ≈ code · scale + zero ---
 
 
+def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 codes below 2^bits, `8 // bits` of them per byte along the last dim: code j of a byte at bits j·bits."""
+    per_byte = 8 // bits
+    grouped = codes.view(*codes.shape[:-1], -1, per_byte)
+    return sum(grouped[..., j] << (j * bits) for j in range(per_byte)).to(torch.uint8)
+
+
+def _unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """The inverse of `_pack`: each byte back into its `8 // bits` codes, in order."""
+    per_byte, mask = 8 // bits, 2**bits - 1
+    return torch.stack([(packed >> (j * bits)) & mask for j in range(per_byte)], dim=-1).flatten(-2)
+
+
 @dataclass
 class QuantizedTensor:
     """Integer codes plus what turns them back into floats: ``x ≈ code · scale + zero``.
 
-    `codes` is uint8. With 8 bits each number has its own byte; with 4 bits two codes share one byte (the even
-    position in the low nibble, the odd one in the high nibble), so the last dimension of `codes` is half as long
-    as the tensor's. `scale` and `zero` are stored in the original float dtype and broadcast against the tensor.
+    `codes` is uint8. With 8 bits each number has its own byte; with 4 bits two codes share one byte and with 2 bits
+    four do (the first of them in the lowest bits), so the last dimension of `codes` is 8 / bits times shorter than
+    the tensor's. `scale` and `zero` are stored in the original float dtype and broadcast against the tensor.
     """
 
     codes: torch.Tensor
@@ -89,33 +103,26 @@ def quantize(x: torch.Tensor, bits: int, dim: int) -> QuantizedTensor:
         raise ValueError(f"cannot quantize an empty tensor (shape {tuple(x.shape)})")
     if not torch.isfinite(x).all():
         raise ValueError("cannot quantize inf or nan: the scale (max - min) would not be finite")
-    if bits == 4 and x.shape[-1] % 2:
-        raise ValueError(f"4-bit codes are packed two per byte along the last dim, which must be even; "
-                         f"got shape {tuple(x.shape)}")
+    check_packed_length(bits, x.shape[-1], "the last dim")
     levels = 2**bits - 1
     zero = x.amin(dim=dim, keepdim=True)
     scale = (x.amax(dim=dim, keepdim=True) - zero) / levels
     step = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-equal slice: every code is 0
     codes = ((x - zero) / step).round().clamp(0, levels).to(torch.uint8)
-    if bits == 4:
-        codes = codes[..., 0::2] | (codes[..., 1::2] << 4)  # two 4-bit codes per byte
-    return QuantizedTensor(codes, scale, zero, bits)
+    return QuantizedTensor(_pack(codes, bits), scale, zero, bits)
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Back to floats: ``code · scale + zero``, in the dtype of the scale."""
     check_type("q", q, QuantizedTensor, "a QuantizedTensor (from quantize)")
-    codes = q.codes
-    if q.bits == 4:
-        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).flatten(-2)  # unpack: low nibble first
-    return codes.to(q.scale.dtype) * q.scale + q.zero
+    return _unpack(q.codes, q.bits).to(q.scale.dtype) * q.scale + q.zero
 
 
 # --- quantised storage ---
 
 
 class QuantizedCache(Cache):
-    """Keys and values stored as `bits`-bit integers (4 or 8), KIVI-style, with the newest tokens in full precision.
+    """Keys and values stored as `bits`-bit integers (2, 4 or 8), KIVI-style, with the newest tokens in full precision.
 
     New tokens first go to a full-precision buffer. Whenever it holds ``residual_length + group_size`` tokens, its
     oldest `group_size` tokens are quantised as one group and leave it: the keys with one scale and zero point per
@@ -144,8 +151,7 @@ class QuantizedCache(Cache):
         layer_idx = _check_layer(layer_idx, len(self.recent_keys) + 1)  # layers arrive in order: 0, 1, ... at first
         if layer_idx == len(self.recent_keys):  # a layer's first tokens: checked whole, once
             _check_new_kv(key, value)
-            if self.bits == 4 and key.shape[-1] % 2:
-                raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {key.shape[-1]}")
+            check_packed_length(self.bits, key.shape[-1], "head_dim")
             k, v = key.clone(), value.clone()  # copies of their own: `key` is a view into the qkv output
         else:
             _check_fits(key, value, self.recent_keys[layer_idx].shape, self.recent_keys[layer_idx].dtype)

@@ -357,6 +357,17 @@ def format_report(report: MemoryReport) -> str:
 # --- chapter 08: compressing the cache ---
 
 
+QUANTIZED_BITS = (2, 4, 8)  # the integer widths a quantised cache packs into bytes: 4, 2 or 1 code per byte
+
+
+def check_packed_length(bits: int, length: int, what: str) -> None:
+    """`8 // bits` codes share a byte along the last dim (`what`), so its length must be a multiple of that."""
+    per_byte = 8 // bits
+    if length % per_byte:
+        raise ValueError(f"{bits}-bit codes are packed {per_byte} per byte along {what}, so its length must be a "
+                         f"multiple of {per_byte}, got {length}")
+
+
 def quantized_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, n_kv_head: int, head_dim: int, bits: int,
                              *, group_size: int, residual_length: int, float_bytes: float = 2) -> int:
     """Bytes of a KIVI-style quantised cache (`kvlab.compressed_cache.QuantizedCache`) after `seq_len` tokens.
@@ -377,9 +388,7 @@ def quantized_kv_cache_bytes(n_layer: int, batch_size: int, seq_len: int, n_kv_h
                                  ("n_kv_head", n_kv_head, 1), ("head_dim", head_dim, 1),
                                  ("group_size", group_size, 1), ("residual_length", residual_length, 0)):
         check_int(name, value, minimum)
-    check_one_of("bits", check_int("bits", bits), (4, 8))
-    if bits == 4 and head_dim % 2:
-        raise ValueError(f"4-bit codes are packed two per byte, so head_dim must be even, got {head_dim}")
+    check_packed_length(check_one_of("bits", check_int("bits", bits), QUANTIZED_BITS), head_dim, "head_dim")
     check_number("float_bytes", float_bytes, 0, inclusive=False)
     n_q = group_size * (max(seq_len - residual_length, 0) // group_size)
     n_r = seq_len - n_q

@@ -29,6 +29,7 @@ from .cache import Cache, DynamicCache
 from .checks import check_int, check_tensor, check_type
 from .compressed_cache import HeavyHitterCache, dequantize, quantize
 from .corpus import make_corpus
+from .llama import Llama
 from .model import TinyGPT
 from .tokenizer import CharTokenizer
 
@@ -61,15 +62,18 @@ def held_out_tokens(tokenizer: CharTokenizer, n_sequences: int = 4, seq_len: int
     return torch.tensor(pieces, dtype=torch.long)
 
 
-def _check_model_tokens(model: TinyGPT, tokens: torch.Tensor) -> None:
-    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+Model = TinyGPT | Llama  # the two models whose caches these functions compare
+
+
+def _check_model_tokens(model: Model, tokens: torch.Tensor) -> None:
+    check_type("model", model, (TinyGPT, Llama), "a kvlab.TinyGPT or a kvlab.llama.Llama")
     check_tensor("tokens", tokens, dim=2, dtypes=(torch.long,), what="a (batch, seq_len) tensor of token ids")
     if tokens.shape[1] < 2:
         raise ValueError(f"tokens must have seq_len >= 2 (a next token to predict), got shape {tuple(tokens.shape)}")
 
 
 @torch.inference_mode()
-def cross_entropy(model: TinyGPT, tokens: torch.Tensor) -> float:
+def cross_entropy(model: Model, tokens: torch.Tensor) -> float:
     """Mean cross-entropy (nats per token) of each next token of `tokens` (B, T), in one forward pass, no cache."""
     _check_model_tokens(model, tokens)
     logits = model(tokens)[:, :-1]  # (B, T - 1, vocab): position t predicts token t + 1
@@ -85,23 +89,27 @@ class DecodeRun:
 
 
 @torch.inference_mode()
-def decode_token_by_token(model: TinyGPT, tokens: torch.Tensor, cache: Cache) -> DecodeRun:
-    """Feed `tokens` (B, T) one position at a time through ``model(token, cache)``, as decode steps do.
+def decode_token_by_token(model: Model, tokens: torch.Tensor, cache: Cache, *, prefill: int = 1) -> DecodeRun:
+    """Feed `tokens` (B, T) through ``model(token, cache)`` one position at a time, as decode steps do.
 
-    A `HeavyHitterCache` that is not attached yet is attached to `model` for the run (it needs the queries).
+    With `prefill` > 1 the first `prefill` tokens go in one call, as a prompt would: the same numbers as one at a
+    time for a cache that evicts nothing before it holds them all (a budget of at least `prefill`), and much faster
+    on a real model, whose every call reads all its weights. A `HeavyHitterCache` that is not attached yet is
+    attached to `model` for the run (it needs the queries).
     """
     _check_model_tokens(model, tokens)
+    prefill = check_int("prefill", prefill, 1, tokens.shape[1])
     if check_type("cache", cache, Cache, "a kvlab.Cache").get_seq_length() != 0:
         raise ValueError(f"cache must be empty, it has seen {cache.get_seq_length()} tokens; call cache.reset()")
     logits, peak = [], 0
     with _queries_for(cache, model):
-        for t in range(tokens.shape[1]):
-            logits.append(model(tokens[:, t:t + 1], cache))  # (B, 1, vocab)
+        for start, stop in [(0, prefill)] + [(t, t + 1) for t in range(prefill, tokens.shape[1])]:
+            logits.append(model(tokens[:, start:stop], cache))  # (B, stop - start, vocab)
             peak = max(peak, cache.nbytes)
     return DecodeRun(torch.cat(logits, dim=1), peak)
 
 
-def _queries_for(cache: Cache, model: TinyGPT):
+def _queries_for(cache: Cache, model: Model):
     """A `HeavyHitterCache` needs the model's queries: attach it for the run unless it already is."""
     if isinstance(cache, HeavyHitterCache) and not cache.attached:
         return cache.attach(model)
@@ -156,7 +164,7 @@ def compare_logits(logits: torch.Tensor, full_logits: torch.Tensor, tokens: torc
         cross_entropy=ce, full_cross_entropy=full_ce, cache_nbytes=cache_nbytes, full_nbytes=full_nbytes)
 
 
-def compare_to_full_cache(model: TinyGPT, tokens: torch.Tensor, make_cache: Callable[[], Cache], *,
+def compare_to_full_cache(model: Model, tokens: torch.Tensor, make_cache: Callable[[], Cache], *,
                           full: DecodeRun | None = None) -> QualityReport:
     """Run `tokens` (B, T) token by token with ``make_cache()`` and with a full `DynamicCache`, and compare.
 
@@ -180,7 +188,7 @@ def quantization_error(x: torch.Tensor, bits: int, dim: int) -> float:
 
 
 @torch.inference_mode()
-def generate_with_memory(model: TinyGPT, idx: torch.Tensor, max_new_tokens: int,
+def generate_with_memory(model: Model, idx: torch.Tensor, max_new_tokens: int,
                          cache: Cache) -> tuple[torch.Tensor, list[int]]:
     """Greedy generation that records ``cache.nbytes`` after every model call (the prefill, then each decode step).
 
@@ -211,6 +219,7 @@ def attention_to_first_tokens(model: TinyGPT, tokens: torch.Tensor, n_first: int
     whatever they say); with attention spread evenly, a query at position t would give them ``n_first / (t + 1)``.
     `tokens` is one sequence (1, T) with T > from_position.
     """
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT (for a kvlab.llama.Llama: streaming.first_token_attention)")
     if check_tensor("tokens", tokens, dim=2, what="one sequence of token ids, (1, T)").shape[0] != 1:
         raise ValueError(f"tokens must be one sequence of shape (1, T), got {tuple(tokens.shape)}")
     n_first, from_position = check_int("n_first", n_first, 1), check_int("from_position", from_position, 1)

@@ -22,6 +22,11 @@ decode step (equality with the caches' token-by-token decode is tested in tests/
   computes the keys in one matmul and the cache one token at a time, and float rounding's last digits can flip a
   code to its neighbour (tests/test_streaming.py bounds the effect on SmolLM2).
 
+Heavy hitters (H2O, `HeavyHitterCache`) have no such pass: which tokens they keep depends on attention summed step
+by step over what they kept before, which no mask fixed in advance reproduces. `cache_losses` measures any cache
+the slow, direct way, one model call per token; `record_heavy_hitters` runs H2O so, and `RecordedRun` saves and
+loads the result (chapter 10 reads a run the package ships, which tests/test_streaming.py recomputes).
+
 Each policy is an attention function ``attend(q, k, v, rope) -> y``: queries (B, H, T, D) and keys, values
 (B, H_kv, T, D) of all T tokens, before rotation, and the model's `RotaryEmbedding`. `forward_with_attention` runs a
 `kvlab.llama.Llama` with it; `token_losses` adds the language-model head, a few hundred positions at a time.
@@ -29,19 +34,26 @@ Each policy is an attention function ``attend(q, k, v, rope) -> y``: queries (B,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .cache import Cache
 from .checks import check_int, check_one_of, check_tensor, check_type
-from .compressed_cache import BITS, dequantize, quantize
+from .compressed_cache import BITS, HeavyHitterCache, dequantize, quantize
 from .llama import Llama, RotaryEmbedding
+from .quality import decode_token_by_token
 
 __all__ = ["window_mask", "full_attention", "sliding_window", "attention_sinks", "quantized",
-           "forward_with_attention", "PolicyRun", "token_losses", "rolling_perplexity", "first_token_attention"]
+           "forward_with_attention", "PolicyRun", "token_losses", "cache_losses", "RecordedRun",
+           "record_heavy_hitters", "SHIPPED_HEAVY_HITTERS", "rolling_perplexity", "first_token_attention"]
+
+SHIPPED_HEAVY_HITTERS = Path(__file__).parent / "data" / "smollm2_heavy_hitters.json"  # chapter 10's H2O row
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RotaryEmbedding], torch.Tensor]
 
@@ -235,6 +247,62 @@ def token_losses(model: Llama, idx: torch.Tensor, attend: Attend = full_attentio
         losses.append(F.cross_entropy(logits, targets[start:start + chunk], reduction="none"))
         predictions.append(logits.argmax(dim=-1))
     return PolicyRun(torch.cat(losses), torch.cat(predictions))
+
+
+def cache_losses(model: Llama, idx: torch.Tensor, cache: Cache, prefill: int = 1) -> PolicyRun:
+    """`token_losses` through a real `cache`, one model call per token after the first `prefill` tokens.
+
+    The way to measure a cache that no single pass reproduces (H2O). Slow on a real model: every call reads all
+    the weights, about 0.1 s for SmolLM2 on two cores. A prefill is exact for a cache that evicts nothing before
+    it holds `prefill` tokens (see `kvlab.quality.decode_token_by_token`).
+    """
+    _check_model_tokens(model, idx)
+    if idx.shape[0] != 1 or idx.shape[1] < 2:
+        raise ValueError(f"idx must be one sequence of at least 2 tokens, shape (1, T), got {tuple(idx.shape)}")
+    logits = decode_token_by_token(model, idx, cache, prefill=prefill).logits[0, :-1]  # (T - 1, vocab)
+    return PolicyRun(F.cross_entropy(logits, idx[0, 1:], reduction="none"), logits.argmax(dim=-1))
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A `PolicyRun` saved with the tokens it read and how it was made: a measurement too slow to repeat live."""
+
+    run: PolicyRun
+    token_ids: torch.Tensor  # (1, T): the text the run read
+    settings: dict  # how it was made (cache, budget, model file...): plain JSON values
+    findings: dict = field(default_factory=dict)  # what else the run saw, in plain JSON values
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the run as JSON; an existing file is replaced only with ``overwrite=True``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ValueError(f"{str(path)!r} already exists: choose another path, or pass overwrite=True to replace it")
+        record = {"settings": self.settings, "findings": self.findings, "token_ids": self.token_ids[0].tolist(),
+                  "losses": self.run.losses.tolist(), "predictions": self.run.predictions.tolist()}
+        path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path = SHIPPED_HEAVY_HITTERS) -> RecordedRun:
+        """Read a run written by `save` (by default the heavy-hitter run chapter 10 shows)."""
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+        run = PolicyRun(torch.tensor(record["losses"], dtype=torch.float32), torch.tensor(record["predictions"]))
+        return cls(run, torch.tensor([record["token_ids"]]), record["settings"], record["findings"])
+
+
+def record_heavy_hitters(model: Llama, idx: torch.Tensor, budget: int, n_recent: int | None = None) -> RecordedRun:
+    """H2O over `idx` (1, T) with `HeavyHitterCache(budget, n_recent)`: a prefill of `budget` tokens (nothing is
+    evicted before the cache is full), then one decode step per token.
+
+    Its findings say, for each layer and K/V head, whether the text's first token is still held at the end: H2O
+    keeps what received most attention, so it keeps the attention sinks without being told about them.
+    """
+    cache = HeavyHitterCache(budget, n_recent)
+    run = cache_losses(model, idx, cache, prefill=budget)
+    settings = {"cache": "HeavyHitterCache", "budget": budget, "n_recent": cache.n_recent, "prefill": budget,
+                "torch": torch.__version__}
+    first_token_kept = [(positions[0] == 0).any(dim=-1).tolist() for positions in cache.positions]  # (layer, head)
+    return RecordedRun(run, idx.clone(), settings, {"first_token_kept": first_token_kept})
 
 
 def rolling_perplexity(losses: torch.Tensor, width: int) -> torch.Tensor:

@@ -82,6 +82,8 @@ REGISTRY: dict[str, Entry] = {
                          quantized_bytes(8), lossless=False, exact_newest=2, error=quantization_error(8)),
     "quantized-4": Entry(QuantizedCache, lambda c, B: QuantizedCache(4, group_size=4, residual_length=2),
                          quantized_bytes(4), lossless=False, exact_newest=2, error=quantization_error(4)),
+    "quantized-2": Entry(QuantizedCache, lambda c, B: QuantizedCache(2, group_size=4, residual_length=2),
+                         quantized_bytes(2), lossless=False, exact_newest=2, error=quantization_error(2)),
     "sliding-window": Entry(SlidingWindowCache, lambda c, B: SlidingWindowCache(BUDGET),
                             lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
                             kept=lambda T: min(T, BUDGET)),

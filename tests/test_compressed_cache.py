@@ -43,8 +43,8 @@ def quantized_bytes_by_hand(T, bits, G, R, n_layer, B, H, D, float_bytes=4):
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.sampled_from([4, 8]), dim=st.sampled_from([-1, -2]), rows=st.integers(1, 12),
-       cols=st.sampled_from([2, 4, 6, 16]), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+@given(bits=st.sampled_from([2, 4, 8]), dim=st.sampled_from([-1, -2]), rows=st.integers(1, 12),
+       cols=st.sampled_from([4, 8, 12, 16]), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
 def test_dequantized_numbers_are_within_half_a_step(bits, dim, rows, cols, scale, seed):
     x = torch.randn(2, rows, cols, generator=torch.Generator().manual_seed(seed)) * scale
     q = quantize(x, bits, dim)
@@ -68,13 +68,25 @@ def test_codes_are_packed_two_per_byte_at_4_bits():
     assert (q8.scale == 0).all() and torch.equal(dequantize(q8), x) and q8.nbytes == 16 + 16 * 4 * 2
 
 
+def test_codes_are_packed_four_per_byte_at_2_bits():
+    x = torch.tensor([[0.0, 1, 2, 3, 3, 2, 1, 0]])  # min 0, max 3 -> scale 1 at 2 bits, codes == x
+    q = quantize(x, 2, dim=-1)
+    assert q.codes.dtype == torch.uint8 and q.codes.shape == (1, 2)
+    assert q.codes[0, 0].item() == 0 | (1 << 2) | (2 << 4) | (3 << 6)  # the first code in the lowest bits
+    assert q.codes[0, 1].item() == 3 | (2 << 2) | (1 << 4) | (0 << 6)
+    assert torch.equal(dequantize(q), x) and q.nbytes == 2 + 4 + 4
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda: quantize(torch.ones(2, 4), 3, -1), ValueError, "bits"),
     (lambda: quantize(torch.ones(2, 4), 16, -1), ValueError, "bits"),
     (lambda: quantize(torch.ones(2, 4), True, -1), TypeError, "bits"),  # a bool is not a width
     (lambda: quantize(torch.ones(2, 4, dtype=torch.long), 8, -1), TypeError, "floating-point"),
     (lambda: quantize([1.0, 2.0], 8, -1), TypeError, "floating-point"),
-    (lambda: quantize(torch.ones(2, 3), 4, -1), ValueError, "must be even"),
+    (lambda: quantize(torch.ones(2, 3), 4, -1), ValueError, "packed 2 per byte along the last dim, so its length "
+                                                            "must be a multiple of 2, got 3"),
+    (lambda: quantize(torch.ones(2, 6), 2, -1), ValueError, "multiple of 4, got 6"),
+    (lambda: quantize(torch.ones(2, 4), 1, -1), ValueError, "bits"),
     (lambda: quantize(torch.tensor([[1.0, math.inf]]), 8, -1), ValueError, "inf or nan"),
     (lambda: quantize(torch.ones(2, 4), 8, 2), ValueError, "dim"),
     (lambda: quantize(torch.ones(0, 4), 8, -1), ValueError, "empty"),
@@ -86,7 +98,7 @@ def test_quantize_bad_input(call, error, message):
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.sampled_from([4, 8]), G=st.integers(1, 6), R=st.integers(0, 6), T=st.integers(1, 30),
+@given(bits=st.sampled_from([2, 4, 8]), G=st.integers(1, 6), R=st.integers(0, 6), T=st.integers(1, 30),
        chunk=st.integers(1, 7))
 def test_quantized_cache_nbytes_is_the_hand_count(bits, G, R, T, chunk):
     cache = QuantizedCache(bits=bits, group_size=G, residual_length=R)
@@ -118,7 +130,7 @@ def test_quantized_cache_keeps_the_newest_tokens_exact_and_the_rest_within_half_
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: QuantizedCache(bits=2), "bits"),
+    (lambda: QuantizedCache(bits=3), "bits"),
     (lambda: QuantizedCache(bits=16), "bits"),
     (lambda: QuantizedCache(group_size=0), "group_size"),
     (lambda: QuantizedCache(residual_length=-1), "residual_length"),
@@ -128,10 +140,12 @@ def test_quantized_cache_bad_settings(make, message):
         make()
 
 
-def test_quantized_cache_needs_an_even_head_dim_at_4_bits():
+def test_quantized_cache_needs_a_head_dim_that_fills_whole_bytes():
     """Checked once, on a layer's first tokens (what every cache checks is in test_cache_contract.py)."""
-    with pytest.raises(ValueError, match="head_dim must be even"):
+    with pytest.raises(ValueError, match="2 per byte along head_dim, so its length must be a multiple of 2, got 5"):
         QuantizedCache(bits=4).update(torch.ones(1, 2, 1, 5), torch.ones(1, 2, 1, 5), 0)
+    with pytest.raises(ValueError, match="4 per byte along head_dim, so its length must be a multiple of 4, got 6"):
+        QuantizedCache(bits=2).update(torch.ones(1, 2, 1, 6), torch.ones(1, 2, 1, 6), 0)
 
 
 def test_int8_cache_generates_the_same_text(hello):

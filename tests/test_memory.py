@@ -366,6 +366,9 @@ def test_quantized_bytes_for_llama2_7b():
     # int4: codes 507,904
     assert memory.quantized_kv_cache_bytes(32, 1, 4096, 32, 128, 4, group_size=32, residual_length=128) == \
         32 * 32 * (507_904 + 144_896) == 668_467_200
+    # int2 (KIVI's own width): codes 253,952
+    assert memory.quantized_kv_cache_bytes(32, 1, 4096, 32, 128, 2, group_size=32, residual_length=128) == \
+        32 * 32 * (253_952 + 144_896) == 408_420_352
     assert memory.quantized_kv_cache_bytes(32, 1, 0, 32, 128, 4, group_size=32, residual_length=128) == 0
 
 
@@ -379,8 +382,10 @@ def test_mla_bytes_for_deepseek_v2():
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [
-    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 2, group_size=4, residual_length=0), ValueError,
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 3, group_size=4, residual_length=0), ValueError,
      "bits"),
+    (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 18, 2, group_size=4, residual_length=0), ValueError,
+     "multiple of 4, got 18"),
     (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 15, 4, group_size=4, residual_length=0), ValueError,
      "head_dim"),
     (lambda: memory.quantized_kv_cache_bytes(1, 1, 4, 1, 16, 8, group_size=0, residual_length=0), ValueError,

@@ -13,16 +13,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kvlab import quality
 from kvlab.cache import DynamicCache
-from kvlab.compressed_cache import QuantizedCache, SinkCache, SlidingWindowCache
+from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
 from kvlab.llama import Llama, LlamaConfig
 from kvlab.streaming import (
+    SHIPPED_HEAVY_HITTERS,
     PolicyRun,
+    RecordedRun,
     attention_sinks,
+    cache_losses,
     first_token_attention,
     forward_with_attention,
     full_attention,
     quantized,
+    record_heavy_hitters,
     rolling_perplexity,
     sliding_window,
     token_losses,
@@ -88,7 +93,8 @@ def test_sinks_in_one_forward_equal_streamingllms_cache_token_by_token(small, bu
     assert (positions_in_text - expected).abs().max() > 1e-4  # a different computation: the test can tell them apart
 
 
-@pytest.mark.parametrize("bits, group_size, residual_length", [(8, 8, 8), (4, 4, 0), (4, 16, 3), (8, 32, 32)])
+@pytest.mark.parametrize(("bits", "group_size", "residual_length"),
+                         [(8, 8, 8), (4, 4, 0), (4, 16, 3), (8, 32, 32), (2, 4, 2)])
 def test_quantized_in_one_forward_equals_the_cache_token_by_token(small, bits, group_size, residual_length):
     model, idx = small
     torch.testing.assert_close(one_forward(model, idx, quantized(bits, group_size, residual_length)),
@@ -138,6 +144,66 @@ def test_bad_input_gets_clear_errors(small):
         PolicyRun(torch.zeros(3), torch.zeros(3)).top1_agreement(PolicyRun(torch.zeros(4), torch.zeros(4)))
 
 
+# --- through the caches themselves: cache_losses, heavy hitters, recorded runs ---
+
+
+def test_cache_losses_through_a_window_cache_are_the_one_pass_losses(small):
+    model, idx = small
+    run, one_pass = cache_losses(model, idx, SlidingWindowCache(12)), token_losses(model, idx, sliding_window(12))
+    torch.testing.assert_close(run.losses, one_pass.losses, atol=1e-5, rtol=1e-5)
+    assert torch.equal(run.predictions, one_pass.predictions)
+
+
+@pytest.mark.parametrize("budget", [8, 20])
+def test_a_prefill_of_the_budget_gives_heavy_hitters_what_single_steps_give(small, budget):
+    """record_heavy_hitters prefills `budget` tokens at once: nothing is evicted before the cache is full, and the
+    prefill's causal attention sums to the scores the single steps add up."""
+    model, idx = small
+    stepped = cache_losses(model, idx, HeavyHitterCache(budget))
+    prefilled = cache_losses(model, idx, HeavyHitterCache(budget), prefill=budget)
+    torch.testing.assert_close(prefilled.losses, stepped.losses, atol=1e-5, rtol=1e-5)
+    window = cache_losses(model, idx, SlidingWindowCache(budget))
+    assert (stepped.losses - window.losses).abs().max() > 1e-3  # H2O keeps other tokens: the test can tell
+
+
+def test_a_prefill_longer_than_the_budget_is_not_what_single_steps_give(small):
+    """The documented limit: a window cache evicts only after the call, so a long prefill sees every token."""
+    model, idx = small
+    stepped = cache_losses(model, idx, SlidingWindowCache(8))
+    prefilled = cache_losses(model, idx, SlidingWindowCache(8), prefill=30)
+    assert (prefilled.losses[:29] - stepped.losses[:29]).abs().max() > 1e-3
+
+
+def test_a_recorded_run_survives_saving_and_is_never_overwritten_silently(small, tmp_path):
+    model, idx = small
+    recorded = record_heavy_hitters(model, idx[:, :30], budget=10)
+    assert recorded.settings["budget"] == recorded.settings["prefill"] == 10 and recorded.settings["n_recent"] == 5
+    path = recorded.save(tmp_path / "run.json")
+    back = RecordedRun.load(path)
+    assert torch.equal(back.token_ids, idx[:, :30]) and back.settings == recorded.settings
+    assert back.findings == recorded.findings and len(back.findings["first_token_kept"]) == CONFIG.n_layer
+    assert torch.equal(back.run.losses, recorded.run.losses)  # float32 -> JSON -> float32 is exact
+    assert torch.equal(back.run.predictions, recorded.run.predictions)
+    before = path.read_text()
+    with pytest.raises(ValueError, match="already exists.*overwrite=True"):
+        record_heavy_hitters(model, idx[:, :20], budget=10).save(path)
+    assert path.read_text() == before
+    record_heavy_hitters(model, idx[:, :20], budget=10).save(path, overwrite=True)
+    assert RecordedRun.load(path).token_ids.shape == (1, 20)
+
+
+def test_quality_compares_the_caches_of_a_llama_too(small):
+    model, idx = small
+    tokens = idx[:, :40]
+    assert quality.compare_to_full_cache(model, tokens, DynamicCache).top1_agreement == 1.0
+    report = quality.compare_to_full_cache(model, tokens, lambda: SlidingWindowCache(8))
+    assert report.max_abs_logit_diff > 1e-3 and report.cache_nbytes < report.full_nbytes
+    with pytest.raises(TypeError, match="TinyGPT or a kvlab.llama.Llama"):
+        quality.cross_entropy(torch.nn.Linear(2, 2), tokens)
+    with pytest.raises(ValueError, match="prefill must be an int in 1..40, got 41"):
+        quality.decode_token_by_token(model, tokens, DynamicCache(), prefill=41)
+
+
 # --- the same on SmolLM2 and real text ---
 
 
@@ -171,3 +237,21 @@ def test_quantized_one_forward_matches_the_real_cache_up_to_flipped_codes(smol):
     assert abs(run.perplexity / expected.perplexity - 1) < 0.01
     assert run.top1_agreement(expected) >= 0.95
     assert (run.losses - expected.losses).abs().mean() < 0.01
+
+
+def test_the_shipped_heavy_hitter_run_is_what_the_cache_computes(smol):
+    """Chapter 10 shows a recorded H2O run (576 decode steps: too slow for the chapter). Recompute it here; float
+    rounding on another machine may flip a near-tie among the evicted tokens, hence close, not equal."""
+    model, tokenizer = smol
+    shipped = RecordedRun.load(SHIPPED_HEAVY_HITTERS)
+    idx = tokenizer.encode_batch(topics["execmodel"])[:, :768]
+    assert torch.equal(shipped.token_ids, idx) and shipped.settings["budget"] == 192
+    recomputed = record_heavy_hitters(model, idx, shipped.settings["budget"], shipped.settings["n_recent"])
+    run = recomputed.run
+    assert abs(run.perplexity / shipped.run.perplexity - 1) < 0.005
+    assert run.top1_agreement(shipped.run) >= 0.99
+    kept = [torch.tensor(run.findings["first_token_kept"]) for run in (shipped, recomputed)]
+    assert kept[0].shape == kept[1].shape == (30, 3)
+    assert kept[0].sum() >= 0.9 * 90 and abs(kept[0].sum() - kept[1].sum()) <= 2  # the chapter: 88 of 90 hold token 0
+    full = token_losses(model, idx)
+    assert run.perplexity > full.perplexity * 1.01  # H2O at 25% of the tokens costs something: the test can tell
