@@ -314,6 +314,9 @@ def test_import_kvlab_does_not_import_the_benchmark_suite():
     assert kvlab.TinyGPT is figures.TinyGPT  # the benchmark measures the package's own model
 
 
+FIGURE6_RUN = ROOT / "benchmarks" / "results" / "default-2026-11-30.json"
+
+
 def test_readmes_quote_the_committed_default_run():
     """The Performance tables are the committed run's numbers, rounded, not numbers typed by hand."""
     r = bench.load_results(ROOT / bench.COMMITTED_RESULTS)
@@ -326,13 +329,37 @@ def test_readmes_quote_the_committed_default_run():
               ", ".join(f"{row.tokens_per_s:.0f}" for row in r.batch_sweep)]
     for ratios in (r.vs_transformers_cached, r.vs_transformers_cached_generate, r.vs_transformers_uncached):
         quoted += [f"{ratios[regime]:.2f}×" for regime in ("small", "gpt2")]
-    if r.details.figure6 is not None and r.details.figure6.comparison is not None:  # once the committed run has it
-        quoted += [f"{r.vs_transformers_smollm2:.2f}×", f"{r.vs_transformers_smollm2_generate:.2f}×",
-                   f"{r.smollm2_cache_speedup:.0f}×"]
+    # figure 6 comes from a later run of all six figures, on a slower host (benchmarks/README.md says why)
+    f6 = r if r.details.figure6 is not None and r.details.figure6.comparison is not None else \
+        bench.load_results(FIGURE6_RUN)
+    quoted += [f"{f6.vs_transformers_smollm2:.2f}×", f"{f6.vs_transformers_smollm2_generate:.2f}×",
+               f"{f6.smollm2_cache_speedup:.0f}×"]
     for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
         text = readme.read_text(encoding="utf-8")
         missing = [q for q in quoted if q not in text]
         assert not missing, f"{readme.name} does not quote {missing} from {bench.COMMITTED_RESULTS}"
+
+
+def test_benchmarks_readme_quotes_the_run_that_measured_figure_6():
+    r, latest = bench.load_results(FIGURE6_RUN), bench.load_results(ROOT / bench.COMMITTED_RESULTS)
+    figure6, comparison = r.details.figure6, r.details.figure6.comparison
+    assert r.plan.name == "default" and comparison.same_tokens and r.targets["vs_transformers_smollm2"].met
+    missed = {name: t.value for name, t in r.targets.items() if t.met is False}
+    assert set(missed) == {"cache_speedup", "static_latency_ratio", "kernel_floor_fraction"}
+    quoted = [f"**{comparison.ratio:.2f}×** ({comparison.kvlab_lean_tokens_per_s:.1f} vs "
+              f"{comparison.transformers_tokens_per_s:.1f} tokens/s)",
+              f"{comparison.kvlab_ratio:.2f}× ({comparison.kvlab_tokens_per_s:.1f} tokens/s)",
+              f"{figure6.cache_speedup:.0f}× ({figure6.cached_total_s:,.0f} s against "
+              f"{figure6.uncached_total_s:,.0f} s)",
+              ", ".join(f"{n:,}" for n in figure6.step_lengths),
+              f"read bandwidth {r.details.figure4.read_bandwidth_bytes_per_s / 1e9:.1f} against "
+              f"{latest.details.figure4.read_bandwidth_bytes_per_s / 1e9:.1f} GB/s",
+              f"batch-1 decode {r.batch_sweep[0].tokens_per_s:.0f} against {latest.batch_sweep[0].tokens_per_s:.0f} "
+              "tokens/s",
+              f"figure 1: {missed['cache_speedup']:.2f}×, figure 3: {missed['static_latency_ratio']:.2f}, "
+              f"figure 4: {missed['kernel_floor_fraction']:.2f}"]
+    text = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert not [q for q in quoted if q not in text], [q for q in quoted if q not in text]
 
 
 # --- figure 6: SmolLM2-135M ---

@@ -20,6 +20,7 @@ from ..generate import _clock, generate
 from ..lean_decode import lean_generate
 from ..llama import Llama
 from ..measure import median_seconds
+from .figures import race_with_transformers, transformers_greedy
 from .results import BenchPlan, Comparison, Figure6
 
 __all__ = ["figure6_smollm2", "compare_smollm2", "step_seconds", "integrated_speedup"]
@@ -51,24 +52,13 @@ def compare_smollm2(model: Llama, hf_model, prompt: torch.Tensor, new_tokens: in
 
     The first call of each, which checks that the tokens are identical, is also the first warm-up round.
     """
-    from .. import hf
-
-    attention_mask = torch.ones_like(prompt)
-
-    def theirs() -> torch.Tensor:
-        with torch.inference_mode():
-            return hf_model.generate(prompt, attention_mask=attention_mask, max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                                     pad_token_id=None, eos_token_id=None)
-
     contenders = {"kvlab": lambda: generate(model, prompt, new_tokens, cache=DynamicCache()),
                   "kvlab_lean": lambda: lean_generate(model, prompt, new_tokens)}
-    theirs_tokens, messages = hf.captured_messages(theirs)
-    same = {name: bool(torch.equal(run(), theirs_tokens.to(prompt))) for name, run in contenders.items()}
-    seconds = median_seconds({**contenders, "transformers": theirs}, repeats, max(warmup - 1, 0))
+    same, seconds, messages = race_with_transformers(contenders, transformers_greedy(hf_model, prompt, new_tokens),
+                                                     repeats, warmup)
     rates = {name: new_tokens / s for name, s in seconds.items()}
     return Comparison(prompt_len=prompt.shape[1], new_tokens=new_tokens,
-                      transformers_tokens_per_s=rates["transformers"], transformers_messages=sorted(set(messages)),
+                      transformers_tokens_per_s=rates["transformers"], transformers_messages=messages,
                       kvlab_tokens_per_s=rates["kvlab"], kvlab_ratio=rates["kvlab"] / rates["transformers"],
                       kvlab_same_tokens=same["kvlab"], headline="lean_generate",
                       ratio=rates["kvlab_lean"] / rates["transformers"], same_tokens=all(same.values()),

@@ -176,6 +176,40 @@ def _lean_decode_steps(model: TinyGPT, idx: torch.Tensor, n_steps: int, capacity
     return steps
 
 
+def transformers_greedy(hf_model, prompt: torch.Tensor, new_tokens: int,
+                        use_cache: bool = True) -> Callable[[], torch.Tensor]:
+    """transformers' ``generate`` continuing `prompt` (1, P) greedily by exactly `new_tokens` tokens, as a function
+    of no arguments to time: ``min_new_tokens == max_new_tokens`` and no end-of-sequence token, so it never stops
+    early, and no padding."""
+    attention_mask = torch.ones_like(prompt)
+
+    def theirs() -> torch.Tensor:
+        with torch.inference_mode():
+            return hf_model.generate(prompt, attention_mask=attention_mask, max_new_tokens=new_tokens,
+                                     min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
+                                     pad_token_id=None, eos_token_id=None)
+
+    return theirs
+
+
+def race_with_transformers(contenders: dict[str, Callable[[], torch.Tensor]], theirs: Callable[[], torch.Tensor],
+                           repeats: int, warmup: int) -> tuple[dict[str, bool], dict[str, float], list[str]]:
+    """Check that each contender makes transformers' tokens, then time them all side by side.
+
+    Returns whether each made the same tokens, each one's median seconds (transformers' under "transformers"),
+    and the messages transformers printed. The checking calls are also the first of the `warmup` rounds.
+    """
+    from .. import hf
+
+    theirs_tokens, messages = hf.captured_messages(theirs)
+    same = {}
+    for name, run in contenders.items():
+        tokens = run()
+        same[name] = bool(torch.equal(tokens, theirs_tokens.to(tokens)))
+    seconds = median_seconds({**contenders, "transformers": theirs}, repeats, max(warmup - 1, 0))
+    return same, seconds, sorted(set(messages))
+
+
 def compare_with_transformers(model: TinyGPT, prompt_len: int, new_tokens: int, *, use_cache: bool = True,
                               repeats: int = 5, warmup: int = 1, hf_model=None, seed: int = 0) -> Comparison:
     """Tokens/s of kvlab and of ``GPT2LMHeadModel.generate`` on the same weights, timed side by side.
@@ -204,27 +238,18 @@ def compare_with_transformers(model: TinyGPT, prompt_len: int, new_tokens: int, 
     model = copy.deepcopy(model)  # both sides multiply freshly copied weights (benchmarks/README.md, figure 2)
     prompt = torch.randint(model.config.vocab_size, (1, prompt_len),
                            generator=torch.Generator().manual_seed(seed)).to(model.wte.weight.device)  # (1, P)
-    attention_mask = torch.ones_like(prompt)
-
-    def theirs() -> torch.Tensor:
-        with torch.inference_mode():
-            return hf_model.generate(prompt, attention_mask=attention_mask, max_new_tokens=new_tokens,
-                                     min_new_tokens=new_tokens, do_sample=False, use_cache=use_cache,
-                                     pad_token_id=None, eos_token_id=None)
-
     contenders = {"kvlab": lambda: generate(model, prompt, new_tokens, use_cache=use_cache)}
     if use_cache:
         contenders["kvlab_lean"] = lambda: lean_generate(model, prompt, new_tokens)
-    theirs_tokens, messages = hf.captured_messages(theirs)  # the token check is also the first warm-up round
-    same = {name: bool(torch.equal(run(), theirs_tokens.to(prompt))) for name, run in contenders.items()}
-    seconds = median_seconds({**contenders, "transformers": theirs}, repeats, max(warmup - 1, 0))
+    same, seconds, messages = race_with_transformers(contenders, transformers_greedy(hf_model, prompt, new_tokens,
+                                                                                     use_cache), repeats, warmup)
     rows = {name: {f"{name}_tokens_per_s": new_tokens / seconds[name],
                    f"{name}_ratio": seconds["transformers"] / seconds[name],
                    f"{name}_same_tokens": same[name]} for name in contenders}
     headline = "kvlab_lean" if use_cache else "kvlab"
     return Comparison(prompt_len=prompt_len, new_tokens=new_tokens,
                       transformers_tokens_per_s=new_tokens / seconds["transformers"],
-                      transformers_messages=sorted(set(messages)), **rows["kvlab"], **rows.get("kvlab_lean", {}),
+                      transformers_messages=messages, **rows["kvlab"], **rows.get("kvlab_lean", {}),
                       headline="lean_generate" if use_cache else "generate",
                       ratio=rows[headline][f"{headline}_ratio"], same_tokens=all(same.values()))
 
