@@ -224,16 +224,18 @@ def test_one_forward_equals_the_real_caches_on_smollm2(smol, policy, make_cache)
     assert (logits - full).abs().max() > 1e-2  # the policy changed something: the comparison can fail
 
 
-def test_quantized_one_forward_matches_the_real_cache_up_to_flipped_codes(smol):
-    """int4 on SmolLM2: the same computation, but not bit for bit. The one pass computes the keys in one batched
-    matmul, the decode one token at a time; float rounding then differs by ~1e-6, which moves a few of the tens of
-    thousands of keys per layer across a rounding boundary of the 16 levels, and a flipped code moves a key by a
-    whole step. (On the small models above no code flips and the logits agree to 1e-5.) So: close, not equal."""
+@pytest.mark.parametrize(("bits", "group_size", "residual_length"), [(4, 16, 16), (2, 32, 32)])
+def test_quantized_one_forward_matches_the_real_cache_up_to_flipped_codes(smol, bits, group_size, residual_length):
+    """int4 and int2 (the chapter's groups) on SmolLM2: the same computation, but not bit for bit. The one pass
+    computes the keys in one batched matmul, the decode one token at a time; float rounding then differs by ~1e-6,
+    which moves a few of the tens of thousands of keys per layer across a rounding boundary between levels, and a
+    flipped code moves a key by a whole step. (On the small models above no code flips and the logits agree to
+    1e-5.) So: close, not equal."""
     model, tokenizer = smol
     idx = tokenizer.encode_batch(topics["execmodel"])[:, :200]
-    logits = decode(model, idx, QuantizedCache(4, 16, 16))[0, :-1]
+    logits = decode(model, idx, QuantizedCache(bits, group_size, residual_length))[0, :-1]
     expected = PolicyRun(F.cross_entropy(logits, idx[0, 1:], reduction="none"), logits.argmax(-1))
-    run = token_losses(model, idx, quantized(4, 16, 16))
+    run = token_losses(model, idx, quantized(bits, group_size, residual_length))
     assert abs(run.perplexity / expected.perplexity - 1) < 0.01
     assert run.top1_agreement(expected) >= 0.95
     assert (run.losses - expected.losses).abs().mean() < 0.01
