@@ -121,7 +121,7 @@ def test_table_and_plot_are_written(quick_run):
                   "5  batch"):
         assert label in printed
     assert ("All targets checked were met" in printed) or ("Targets missed" in printed)
-    assert "Not checked: cache_speedup: the target is set for T = 512; this run's longest T is 64" in printed
+    assert "Not checked: cache_speedup: the target is set for T = 512; this run's longest T is 128" in printed
     png = folder / "quick.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -39,10 +39,10 @@ PLANS: dict[str, BenchPlan] = {
     "default": BenchPlan("default", prompt_len=16, lengths=(64, 128, 256, 512), new_tokens_small=128,
                          new_tokens_gpt2=32, positions=(100, 2000), position_steps=8, decode_steps=8,
                          batch_sizes=(1, 2, 4, 8, 16), repeats=5, warmup=1, smollm2_new_tokens=64),
-    # about 30 s on two cores: a smoke run of every figure (its ratios are noisier and figure 1's are smaller, with
-    # at most 64 new tokens): shorter generations, two repetitions, three batch sizes; the same models, except
+    # about 30 s on two cores: a smoke run of every figure (its ratios are noisier, and figure 1's smaller, with at
+    # most 128 new tokens): shorter generations, two repetitions, three batch sizes; the same models, except
     # figure 6 (SmolLM2), skipped: loading transformers' copy of the 135M model alone takes about 15 s
-    "quick": BenchPlan("quick", prompt_len=16, lengths=(16, 32, 64), new_tokens_small=16, new_tokens_gpt2=4,
+    "quick": BenchPlan("quick", prompt_len=16, lengths=(32, 64, 128), new_tokens_small=16, new_tokens_gpt2=4,
                        positions=(100, 2000), position_steps=2, decode_steps=2, batch_sizes=(1, 4, 16),
                        repeats=2, warmup=1),
 }
