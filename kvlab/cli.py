@@ -104,8 +104,10 @@ def _memory(args: argparse.Namespace) -> str:
         raise ValueError("give --preset, or both --n-layer and --hidden")
     if sizes["n_kv_head"] is not None and sizes["n_head"] is None:
         raise ValueError("--n-kv-head needs --n-head")
+    window = preset.sliding_window if preset else None  # a rolling cache (Mistral) stops growing at its window
+
     def cache_bytes(batch: int, seq_len: int) -> int:
-        return memory.kv_cache_bytes(sizes["n_layer"], batch, seq_len, sizes["d_model"],
+        return memory.kv_cache_bytes(sizes["n_layer"], batch, memory.cached_tokens(seq_len, window), sizes["d_model"],
                                      memory.bytes_per_element(args.dtype), n_head=sizes["n_head"],
                                      n_kv_head=sizes["n_kv_head"])
 
@@ -114,7 +116,8 @@ def _memory(args: argparse.Namespace) -> str:
     if args.gpu_gib is not None or args.params is not None or args.weight_dtype is not None:
         return _memory_on_gpu(args, sizes, name, preset)
     shape = ", ".join(f"{k}={v}" for k, v in sizes.items() if v is not None)
-    return (f"{name} ({shape}), batch {args.batch}, seq_len {args.seq_len}, {args.dtype}\n"
+    return (f"{name} ({shape}), batch {args.batch}, seq_len {args.seq_len}, {args.dtype}"
+            f"{memory.window_note(window)}\n"
             f"KV cache: {n_bytes:,} bytes = {memory.format_bytes(n_bytes)}\n"
             f"per token: {per_token:,} bytes = {memory.format_bytes(per_token)}")
 
@@ -128,7 +131,8 @@ def _memory_on_gpu(args: argparse.Namespace, sizes: dict, name: str, preset) -> 
         raise ValueError("a custom model needs --params (its parameter count) with --gpu-gib")
     report = memory.memory_report(sizes["n_layer"], sizes["d_model"], sizes["n_head"], sizes["n_kv_head"],
                                   args.batch, args.seq_len, args.dtype, gpu_gib=args.gpu_gib, n_params=n_params,
-                                  weight_dtype=args.weight_dtype, name=name)
+                                  weight_dtype=args.weight_dtype, name=name,
+                                  sliding_window=getattr(preset, "sliding_window", None))
     return memory.format_report(report)
 
 

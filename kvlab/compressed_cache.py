@@ -297,7 +297,13 @@ def _arange_like(keys: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 
 
 class SlidingWindowCache(EvictionCache):
-    """Holds the last `window` tokens: memory stops growing, and the beginning of the text is forgotten."""
+    """Holds the last `window` tokens: memory stops growing, and the beginning of the text is forgotten.
+
+    `window` counts the tokens held *between* steps, so a decode step attends to ``window + 1`` keys: the held ones
+    and its own. Mistral and transformers count the new token in the window (transformers'
+    ``DynamicSlidingWindowLayer(sliding_window=W)`` keeps W - 1 between steps), so ``SlidingWindowCache(W)`` is
+    their window W + 1 (tests/test_compressed_cache.py checks it against transformers' layer).
+    """
 
     def __init__(self, window: int) -> None:
         super().__init__(check_int("window", window, 1))

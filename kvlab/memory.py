@@ -96,6 +96,7 @@ class ModelPreset:
     max_seq_len: int
     n_params: int
     source: str
+    sliding_window: int | None = None  # tokens a rolling cache keeps (Mistral 7B v0.1: 4,096); None: all of them
 
     @property
     def head_dim(self) -> int:
@@ -103,8 +104,13 @@ class ModelPreset:
         return self.d_model // self.n_head
 
     def kv_cache_bytes(self, batch_size: int, seq_len: int, bytes_per_elem: float = 2) -> int:
-        """Cache bytes for this model's shape; see the module-level `kv_cache_bytes`."""
-        return kv_cache_bytes(self.n_layer, batch_size, seq_len, self.d_model, bytes_per_elem, n_head=self.n_head,
+        """Cache bytes for this model's shape after `seq_len` tokens; see the module-level `kv_cache_bytes`.
+
+        A model with a sliding window attends to its last `sliding_window` tokens only, so its cache (a rolling
+        buffer) stops growing there: Mistral 7B's holds at most 4,096 tokens, whatever the length of the text.
+        """
+        held = cached_tokens(check_int("seq_len", seq_len, 0), self.sliding_window)
+        return kv_cache_bytes(self.n_layer, batch_size, held, self.d_model, bytes_per_elem, n_head=self.n_head,
                               n_kv_head=self.n_kv_head)
 
     def weight_bytes(self, bytes_per_elem: float = 2) -> int:
@@ -113,12 +119,25 @@ class ModelPreset:
         return _whole_bytes(self.n_params, bytes_per_elem)
 
 
+def window_note(sliding_window: int | None) -> str:
+    """What the reports add to a model's line when its cache is a rolling window ("" when it is not)."""
+    if sliding_window is None:
+        return ""
+    return f", sliding window {sliding_window:,} (the cache holds at most that many tokens per sequence)"
+
+
+def cached_tokens(seq_len: int, sliding_window: int | None) -> int:
+    """Tokens a sequence's cache holds after `seq_len` tokens: all of them, or at most the sliding window."""
+    return seq_len if sliding_window is None else min(seq_len, sliding_window)
+
+
 _GPT2 = "Radford et al. 2019 (GPT-2); Hugging Face gpt2 config.json"
 _LLAMA2 = "Touvron et al. 2023 (Llama 2); meta-llama config.json"
 _LLAMA3 = "Meta 2024 (Llama 3); meta-llama/Meta-Llama-3 config.json"
 
 
-# Fields in order: name, n_layer, d_model, n_head, n_kv_head, vocab_size, max_seq_len, n_params, source.
+# Fields in order: name, n_layer, d_model, n_head, n_kv_head, vocab_size, max_seq_len, n_params, source,
+# sliding_window (only where the model has one).
 # n_params: exact counts of the released weights where the architecture fixes them,
 # the paper's rounded figure otherwise (GPT-3, OPT).
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -137,7 +156,7 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "llama3-70b": ModelPreset("Llama 3 70B", 80, 8192, 64, 8, 128256, 8192, 70_553_706_496, _LLAMA3),
     "mistral-7b": ModelPreset("Mistral 7B", 32, 4096, 32, 8, 32000, 32768, 7_241_732_096,
                                "Jiang et al. 2023 (Mistral 7B); mistralai/Mistral-7B-v0.1 config.json "
-                               "(attention window 4096)"),
+                               "(attention window 4096)", sliding_window=4096),
 }
 
 
@@ -227,9 +246,10 @@ class MemoryReport:
     weight_dtype: str
     n_params: int
     gpu_bytes: int
-    cache_bytes: int  # 2 · n_layer · batch_size · seq_len · (n_kv_head · head_dim) · bytes
+    cache_bytes: int  # 2 · n_layer · batch_size · cached tokens · (n_kv_head · head_dim) · bytes
     bytes_per_token: int  # the same with batch_size = seq_len = 1
     weight_bytes: int  # n_params · bytes of weight_dtype
+    sliding_window: int | None = None  # a rolling cache holds at most this many tokens per sequence
 
     @property
     def weights_fit(self) -> bool:
@@ -254,12 +274,17 @@ class MemoryReport:
     @property
     def max_batch_size(self) -> int | None:
         """The largest batch that fits at this seq_len (None when seq_len is 0: any batch caches nothing)."""
-        return self.max_tokens // self.seq_len if self.seq_len else None
+        held = cached_tokens(self.seq_len, self.sliding_window)
+        return self.max_tokens // held if held else None
 
     @property
-    def max_seq_len(self) -> int | None:
-        """The longest sequence that fits at this batch_size (None when batch_size is 0)."""
-        return self.max_tokens // self.batch_size if self.batch_size else None
+    def max_seq_len(self) -> int | float | None:
+        """The longest sequence that fits at this batch_size (None when batch_size is 0; ``math.inf`` when a
+        sliding window caps every sequence's cache and `batch_size` windows fit)."""
+        if not self.batch_size:
+            return None
+        longest = self.max_tokens // self.batch_size
+        return math.inf if self.sliding_window is not None and longest >= self.sliding_window else longest
 
     @property
     def free_share_of_gpu(self) -> float:
@@ -284,11 +309,12 @@ def _percent(part: int, whole: int, decimals: int) -> str:
 
 def memory_report(n_layer: int, d_model: int, n_head: int | None, n_kv_head: int | None, batch_size: int,
                   seq_len: int, dtype: str = "fp16", *, gpu_gib: float, n_params: int, weight_dtype: str | None = None,
-                  name: str = "custom model") -> MemoryReport:
+                  name: str = "custom model", sliding_window: int | None = None) -> MemoryReport:
     """KV-cache bytes of a model shape and how they sit on a GPU of `gpu_gib` GiB next to the weights.
 
-    The cache follows `kv_cache_bytes`; the weights are `n_params` numbers of `weight_dtype` (default: the
-    cache's dtype). Invalid input raises ValueError/TypeError naming the value, as everywhere in this module.
+    The cache follows `kv_cache_bytes`, holding at most `sliding_window` tokens per sequence if the model has one;
+    the weights are `n_params` numbers of `weight_dtype` (default: the cache's dtype). Invalid input raises
+    ValueError/TypeError naming the value, as everywhere in this module.
     """
     check_one_of("dtype", dtype, DTYPE_BYTES)
     weight_dtype = check_one_of("weight_dtype", dtype if weight_dtype is None else weight_dtype, DTYPE_BYTES)
@@ -298,6 +324,8 @@ def memory_report(n_layer: int, d_model: int, n_head: int | None, n_kv_head: int
     if gpu_gib * GIB < 1:  # rounds to 0 bytes, and every share of the GPU would divide by zero
         raise ValueError(f"gpu_gib must be at least one byte (1 / 2**30 GiB), got {gpu_gib!r}")
     check_type("name", name, str, "a str")
+    if sliding_window is not None:
+        check_int("sliding_window", sliding_window, 1)
     width = bytes_per_element(dtype)
 
     def cache(batch: int, length: int) -> int:
@@ -306,7 +334,8 @@ def memory_report(n_layer: int, d_model: int, n_head: int | None, n_kv_head: int
     return MemoryReport(name=name, n_layer=n_layer, d_model=d_model, n_head=n_head, n_kv_head=n_kv_head,
                         batch_size=batch_size, seq_len=seq_len, dtype=dtype, weight_dtype=weight_dtype,
                         n_params=n_params, gpu_bytes=math.floor(Fraction(gpu_gib) * GIB),
-                        cache_bytes=cache(batch_size, seq_len), bytes_per_token=cache(1, 1),
+                        cache_bytes=cache(batch_size, cached_tokens(seq_len, sliding_window)),
+                        bytes_per_token=cache(1, 1), sliding_window=sliding_window,
                         weight_bytes=_whole_bytes(n_params, bytes_per_element(weight_dtype)))
 
 
@@ -317,7 +346,7 @@ def preset_report(preset: str | ModelPreset, batch_size: int, seq_len: int, dtyp
     check_type("preset", preset, ModelPreset, "a preset id or a ModelPreset")
     return memory_report(preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, batch_size, seq_len,
                          dtype, gpu_gib=gpu_gib, n_params=preset.n_params, weight_dtype=weight_dtype,
-                         name=preset.name)
+                         name=preset.name, sliding_window=preset.sliding_window)
 
 
 def bytes_line(n_bytes: int) -> str:
@@ -331,7 +360,8 @@ def format_report(report: MemoryReport) -> str:
     shape = {"n_layer": r.n_layer, "d_model": r.d_model, "n_head": r.n_head, "n_kv_head": r.n_kv_head}
     shape_text = ", ".join(f"{k}={v}" for k, v in shape.items() if v is not None)
     lines = [
-        f"{r.name} ({shape_text}), batch {r.batch_size}, seq_len {r.seq_len}, {r.dtype}",
+        f"{r.name} ({shape_text}), batch {r.batch_size}, seq_len {r.seq_len}, {r.dtype}"
+        f"{window_note(r.sliding_window)}",
         f"KV cache: {bytes_line(r.cache_bytes)}",
         f"per token: {bytes_line(r.bytes_per_token)}",
         f"weights: {r.n_params:,} parameters in {r.weight_dtype} = {bytes_line(r.weight_bytes)}",
@@ -347,7 +377,9 @@ def format_report(report: MemoryReport) -> str:
         f"{verdict}: this cache takes {_percent(r.cache_bytes, r.free_bytes, 1)} of what is left",
         f"largest batch × seq_len that fits: {r.max_tokens:,} cached tokens",
     ]
-    if r.max_seq_len is not None:
+    if r.max_seq_len == math.inf:
+        lines.append(f"  at batch {r.batch_size:,}: any seq_len (each sequence caches at most its window)")
+    elif r.max_seq_len is not None:
         lines.append(f"  at batch {r.batch_size:,}: seq_len up to {r.max_seq_len:,}")
     if r.max_batch_size is not None:
         lines.append(f"  at seq_len {r.seq_len:,}: batch up to {r.max_batch_size:,}")

@@ -22,13 +22,14 @@ __all__: list[str] = ["GPU_MEMORY_GIB", "draw_memory_calculator", "memory_calcul
 GPU_MEMORY_GIB = (16, 24, 40, 80, 141)  # common accelerator sizes, in GiB
 
 
-def _preset_name(n_layer: int, d_model: int, n_head: int, n_kv_head: int, n_params: int) -> str:
-    """The published model with exactly this shape, or 'custom model'."""
+def _matching_preset(n_layer: int, d_model: int, n_head: int, n_kv_head: int,
+                     n_params: int) -> memory.ModelPreset | None:
+    """The published model with exactly this shape (its name and sliding window apply), or None: a custom model."""
     for preset in memory.MODEL_PRESETS.values():
         if (preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, preset.n_params) == (
                 n_layer, d_model, n_head, n_kv_head, n_params):
-            return preset.name
-    return "custom model"
+            return preset
+    return None
 
 
 def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: int, batch_size: int, seq_len: int,
@@ -41,9 +42,11 @@ def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: i
     """
     try:
         n_params = round(check_number("n_params_billion", n_params_billion, 0) * 1e9)
-        name = _preset_name(n_layer, d_model, n_head, n_kv_head, n_params)
+        preset = _matching_preset(n_layer, d_model, n_head, n_kv_head, n_params)
         report = memory.memory_report(n_layer, d_model, n_head, n_kv_head, batch_size, seq_len, dtype,
-                                      gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype, name=name)
+                                      gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype,
+                                      name=preset.name if preset else "custom model",
+                                      sliding_window=preset.sliding_window if preset else None)
         text = memory.format_report(report)  # exact integers: prints any size
         figure = plots.plot_memory_report(report)  # floats: a plot's axes end near 10^308
     except (ValueError, TypeError) as error:

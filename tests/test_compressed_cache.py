@@ -367,3 +367,23 @@ def test_quantized_cache_refusing_a_token_keeps_nothing_of_it(bad):
     good = torch.randn(1, 2, 1, 16)
     keys, _ = cache.update(good, good.clone(), 0)  # and it goes on from there
     assert keys.shape[-2] == before[0] + 1 and torch.equal(keys[:, :, -1:], good)
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_a_sliding_window_of_w_is_transformers_window_of_w_plus_1(window):
+    """kvlab counts the tokens held between steps, transformers (and Mistral) the tokens a step attends to, its own
+    included: after each decode step both hand attention the same keys and values."""
+    cache_utils = pytest.importorskip("transformers.cache_utils")
+    theirs = cache_utils.DynamicSlidingWindowLayer(sliding_window=window + 1)
+    ours = SlidingWindowCache(window)
+    generator = torch.Generator().manual_seed(0)
+    seen = 0
+    for n_new in (3, 1, 1, 1, 1, 1, 1):  # a prefill, then decode steps past the window
+        k, v = (torch.randn(1, 2, n_new, 4, generator=generator) for _ in range(2))
+        their_keys, their_values = theirs.update(k, v)
+        our_keys, our_values = ours.update(k, v, 0)
+        seen += n_new
+        if n_new == 1:  # decode steps (a prefill returns all its tokens in both)
+            assert our_keys.shape[-2] == min(seen, window + 1)
+            assert torch.equal(our_keys, their_keys) and torch.equal(our_values, their_values)
+    assert ours.keys[0].shape[-2] == window and theirs.keys.shape[-2] == window  # held between steps

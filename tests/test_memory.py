@@ -86,7 +86,10 @@ def test_report_limits_are_the_largest_that_fit(preset_id, batch, seq_len, dtype
     assert r.weights_fit == (r.weight_bytes <= gpu_gib * memory.GIB)
     assert r.max_tokens == memory.max_tokens_that_fit(p, r.gpu_bytes, width)
     if r.weights_fit:
-        assert fits(batch, r.max_seq_len) and not fits(batch, r.max_seq_len + 1)
+        if r.max_seq_len == math.inf:  # a sliding window caps every sequence's cache, and batch windows fit
+            assert p.sliding_window is not None and fits(batch, 10**12)
+        else:
+            assert fits(batch, r.max_seq_len) and not fits(batch, r.max_seq_len + 1)
         assert fits(r.max_batch_size, seq_len) and not fits(r.max_batch_size + 1, seq_len)
         assert r.free_bytes + r.weight_bytes == r.gpu_bytes
         assert math.isclose(r.cache_share_of_free, r.cache_bytes / r.free_bytes)
@@ -479,3 +482,17 @@ def test_a_report_of_huge_counts_prints_exact_percentages():
     assert int(need) == round(Fraction(heavy.weight_bytes * 100, heavy.gpu_bytes))
     small = memory.preset_report("llama2-7b", 16, 4096, gpu_gib=80)  # ordinary sizes: the same text as before
     assert f"this cache takes {small.cache_share_of_free:,.1%} of what" in memory.format_report(small)
+
+
+def test_mistral_7bs_rolling_cache_stops_growing_at_its_window():
+    """Mistral 7B v0.1 attends to its last 4,096 tokens: one sequence's fp16 cache is bounded at 512 MiB."""
+    mistral = memory.get_preset("mistral-7b")
+    window_bytes = 2 * 32 * 4096 * 8 * 128 * 2  # K and V, layers, window, K/V heads, head_dim, fp16
+    assert window_bytes == 512 * 2**20
+    assert mistral.kv_cache_bytes(1, 32768) == mistral.kv_cache_bytes(1, 4096) == window_bytes
+    assert mistral.kv_cache_bytes(1, 100) == window_bytes * 100 // 4096  # below the window it grows as usual
+    report = memory.preset_report(mistral, 8, 32768, gpu_gib=24)
+    assert report.cache_bytes == 8 * window_bytes and report.max_seq_len == math.inf
+    assert report.max_batch_size == report.max_tokens // 4096
+    assert "sliding window 4,096" in memory.format_report(report)
+    assert memory.get_preset("llama2-7b").kv_cache_bytes(1, 32768) == 32768 * 512 * 1024  # no window: no cap

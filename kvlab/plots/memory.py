@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .. import memory
 from ..checks import check_int, check_type
 from ._style import axes
@@ -76,12 +78,12 @@ def plot_memory_report(report, ax=None):
     the dashed line is the GPU's memory, the dot the report's own seq_len, the dotted line the longest that fits.
     """
     r = check_type("report", report, memory.MemoryReport, "a MemoryReport (see kvlab.memory.memory_report)")
-    longest = r.max_seq_len if r.weights_fit else None
+    longest = r.max_seq_len if r.weights_fit and r.max_seq_len != math.inf else None  # inf: a window caps the cache
     x_max = max(2 * r.seq_len, 16, round(1.25 * longest) if longest else 0)
     lengths = [x_max * i // 64 for i in range(65)]
     width = memory.bytes_per_element(r.dtype)
-    cache = [_gib(memory.kv_cache_bytes(r.n_layer, r.batch_size, t, r.d_model, width, n_head=r.n_head,
-                                        n_kv_head=r.n_kv_head)) for t in lengths]
+    cache = [_gib(memory.kv_cache_bytes(r.n_layer, r.batch_size, memory.cached_tokens(t, r.sliding_window),
+                                        r.d_model, width, n_head=r.n_head, n_kv_head=r.n_kv_head)) for t in lengths]
     weights, gpu = _gib(r.weight_bytes), _gib(r.gpu_bytes)
     total = [weights + c for c in cache]
     fig, ax = axes(ax)
@@ -101,7 +103,8 @@ def plot_memory_report(report, ax=None):
         finding = "batch 0 caches nothing"
     else:
         verdict = "fits" if r.cache_fits else "does not fit"
-        finding = f"seq_len {r.seq_len:,} {verdict} in {gpu:g} GiB (up to {longest:,})"
+        limit = f"up to {longest:,}" if longest else "any length: its window caps the cache"
+        finding = f"seq_len {r.seq_len:,} {verdict} in {gpu:g} GiB ({limit})"
     ax.set_title(f"{r.name}, batch {r.batch_size:,}, {r.dtype}: {finding}")
     ax.legend(loc="upper left", fontsize=8)
     return fig
