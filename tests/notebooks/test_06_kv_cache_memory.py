@@ -24,6 +24,9 @@ GPT3_WEIGHTS = 175_000_000_000 * 2  # fp16
 # (text in a markdown cell, text or pattern that a code cell *above it* must print); whitespace in the prose is
 # compared as single spaces, so a claim may wrap across lines
 CLAIMS = [
+    ("72 GiB against 326 GiB of fp16 weights, a ratio of 0.221",
+     "cache / weights = 77,309,411,328 / 350,000,000,000 = 0.221"),
+    ("72 GiB against 326 GiB of fp16 weights", "weights (fp16): 350,000,000,000 bytes = 326.0 GiB (350.0 GB)"),
     ("a rolling buffer that stops at 512.0 MiB",
      "Mistral 7B        32   4096    32        8       128    512.0 MiB @ 32,768"),
     ("The cache holds 4 tokens, not 5", "tokens in the cache: 4"),
