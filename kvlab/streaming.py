@@ -294,9 +294,12 @@ def record_heavy_hitters(model: Llama, idx: torch.Tensor, budget: int, n_recent:
     """H2O over `idx` (1, T) with `HeavyHitterCache(budget, n_recent)`: a prefill of `budget` tokens (nothing is
     evicted before the cache is full), then one decode step per token.
 
-    Its findings say, for each layer and K/V head, whether the text's first token is still held at the end: H2O
-    keeps what received most attention, so it keeps the attention sinks without being told about them.
+    Its findings say, for each layer and K/V head, whether the text's first token is still held at the end (it
+    usually is: it is an attention sink in many heads, and H2O's summed scores favour the oldest tokens).
     """
+    _check_model_tokens(model, idx)
+    if check_int("budget", budget, 1) >= idx.shape[1]:
+        raise ValueError(f"budget must be smaller than the text, got budget={budget} for {idx.shape[1]} tokens")
     cache = HeavyHitterCache(budget, n_recent)
     run = cache_losses(model, idx, cache, prefill=budget)
     settings = {"cache": "HeavyHitterCache", "budget": budget, "n_recent": cache.n_recent, "prefill": budget,

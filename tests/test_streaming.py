@@ -190,6 +190,8 @@ def test_a_recorded_run_survives_saving_and_is_never_overwritten_silently(small,
     assert path.read_text() == before
     record_heavy_hitters(model, idx[:, :20], budget=10).save(path, overwrite=True)
     assert RecordedRun.load(path).token_ids.shape == (1, 20)
+    with pytest.raises(ValueError, match="budget must be smaller than the text, got budget=20 for 20 tokens"):
+        record_heavy_hitters(model, idx[:, :20], budget=20)
 
 
 def test_quality_compares_the_caches_of_a_llama_too(small):
