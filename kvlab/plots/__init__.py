@@ -9,7 +9,7 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     attention    chapter 02   attention weights, the scores a cache saves at one step
     cache        chapter 03   bytes copied by a cache against its length
     cost         chapter 04   FLOPs and seconds against length, the cache's saving, dense vs attention FLOPs
-    roofline     chapter 05   arithmetic intensity, the roofline, TTFT/TPOT, the batch sweep
+    roofline     chapter 05   arithmetic intensity, the roofline, TTFT/TPOT, the batch sweep, FLOPs vs time saved
     memory       chapter 06   the cache against the weights, bytes per K/V head, one GPU's memory report
     compression  chapter 08   quality against budget, bytes held per step, memory against quality
     serving      chapter 09   the waste of paged and contiguous caches
@@ -23,7 +23,7 @@ from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quali
 from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
 from .generation import plot_positions_per_step, plot_step_times, plot_throughput
 from .memory import plot_cache_vs_weights, plot_kv_heads, plot_memory_report
-from .roofline import plot_batch_sweep, plot_intensity, plot_roofline, plot_ttft_tpot
+from .roofline import plot_batch_sweep, plot_cache_savings, plot_intensity, plot_roofline, plot_ttft_tpot
 from .serving import plot_paging_waste
 
 __all__: list[str] = [
@@ -31,7 +31,7 @@ __all__: list[str] = [
     "plot_attention_weights", "plot_cache_step",  # chapter 02
     "copied_bytes_vs_length",  # chapter 03
     "plot_cost_vs_length", "plot_cache_speedup", "plot_cost_split",  # chapter 04
-    "plot_intensity", "plot_roofline", "plot_ttft_tpot", "plot_batch_sweep",  # chapter 05
+    "plot_intensity", "plot_roofline", "plot_ttft_tpot", "plot_batch_sweep", "plot_cache_savings",  # chapter 05
     "plot_cache_vs_weights", "plot_kv_heads", "plot_memory_report",  # chapter 06
     "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 08
     "plot_paging_waste",  # chapter 09

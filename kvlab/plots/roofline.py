@@ -1,4 +1,5 @@
-"""Chapter 05 · prefill, decode and the roofline: intensity, roofs with points, TTFT/TPOT, and the batch sweep."""
+"""Chapter 05 · prefill, decode and the roofline: intensity, roofs with points, TTFT/TPOT, the batch sweep, and
+what the cache saves in FLOPs against time."""
 
 from __future__ import annotations
 
@@ -136,4 +137,45 @@ def plot_batch_sweep(batch_sizes, tokens_per_s, latency_s, budget_s: float = 0.0
         ax.set_yscale("log")
         ax.set_xlabel("batch size B (sequences decoded together)")
         ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+def plot_cache_savings(flops_saved, time_saved, measured=None, ax=None, title: str | None = None):
+    """How many times fewer FLOPs, and how many times less time, a KV cache needs, as the generation grows (log-log).
+
+    `flops_saved` maps a model to (lengths T, FLOP ratios); `time_saved` maps a (machine, model) pair to (lengths,
+    time ratios), e.g. roofline estimates; `measured` maps a label to measured (lengths, time ratios), drawn as
+    markers. Each machine gets a colour and each model a line style (FLOP lines are black), so a machine's models
+    can be told apart even where their curves lie on top of each other.
+    """
+    flops_saved = _checks.check_xy_series("flops_saved", flops_saved, required=True)
+    time_saved = _checks.check_xy_series("time_saved", time_saved, required=True)
+    measured = _checks.check_xy_series("measured", measured)
+    for key in time_saved:
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise TypeError(f"time_saved's keys must be (machine, model) pairs, got {key!r}")
+    models = list(dict.fromkeys([*flops_saved, *(model for _, model in time_saved)]))
+    machines = list(dict.fromkeys(machine for machine, _ in time_saved))
+    styles = ["-", "--", ":", "-."]
+    style = {model: styles[i % len(styles)] for i, model in enumerate(models)}
+    fig, ax = axes(ax, figsize=(9.6, 4.4))
+    for model, (xs, ys) in flops_saved.items():
+        ax.plot(xs, ys, style[model], color="k", lw=2, label=f"FLOPs saved, {model}")
+    labelled = set()
+    for (machine, model), (xs, ys) in time_saved.items():
+        colour = f"C{machines.index(machine)}"
+        label = None if machine in labelled else f"time saved on {machine}"
+        labelled.add(machine)
+        ax.plot(xs, ys, style[model], color=colour, lw=1.5, label=label)
+    for j, (label, (xs, ys)) in enumerate(measured.items()):
+        ax.plot(xs, ys, "os^D"[j % 4], color=f"C{len(machines) + j}", ms=7, label=label)
+    ax.axhline(1, color="0.5", lw=0.8)
+    ax.set_xscale("log", base=2)
+    plain_log2_ticks(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens generated, T (1-token prompt)")
+    ax.set_ylabel("without cache ÷ with cache (×)")
+    ax.set_title(title or "The cache saves far more FLOPs than time where decode is memory-bound")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig

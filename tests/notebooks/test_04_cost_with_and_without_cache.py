@@ -66,3 +66,20 @@ def test_exercise_answers_by_hand():
     ratio = Fraction(D * T * (T + 1) // 2 + A * T * (T + 1) * (2 * T + 1) // 6, D * T + A * T * (T + 1) // 2)
     assert round(flops.generation_flops(gpt2, 1, T, False) / flops.generation_flops(gpt2, 1, T)) == round(ratio)
     assert Fraction(T + 1, 2) < ratio < Fraction(T + 1, 2) + 20  # nearer (T+1)/2: T << t*
+
+
+def test_conclusion_no_longer_promises_that_a_large_model_closes_the_gap():
+    """§6's conclusion: at batch 1 on a GPU the cache saves far more FLOPs than time, even for a 7B model."""
+    from kvlab import hardware
+
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    prose = " ".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+    assert "comes much closer to the FLOPs saved" not in prose
+    assert "re-feeding even a hundred tokens takes no longer than feeding one" in prose
+    assert "There the cache saves far more FLOPs than time" in prose
+    for gpu in hardware.GPU_PRESETS.values():
+        for key in ("gpt2-small", "llama2-7b"):
+            preset = memory.get_preset(key)
+            assert hardware.free_refeed_length(preset, gpu.fp16_flops, gpu.bandwidth, 2) >= 100
+            (saving,) = hardware.cache_savings(preset, [1000], gpu.fp16_flops, gpu.bandwidth, 2)
+            assert saving.time_ratio < saving.flops_ratio / 100

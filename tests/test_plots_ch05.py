@@ -1,0 +1,37 @@
+"""kvlab.plots.plot_cache_savings (chapter 05, section 10): FLOPs saved against time saved, one colour per machine,
+one line style per model."""
+
+import pytest
+
+from kvlab import plots
+
+T = [1, 2, 4]
+FLOPS = {"big": (T, [1.0, 1.5, 2.5]), "small": (T, [1.0, 1.5, 2.4])}
+TIME = {("GPU A", "big"): (T, [1.0, 1.0, 1.0]), ("GPU A", "small"): (T, [1.0, 1.0, 1.1]),
+        ("GPU B", "big"): (T, [1.0, 1.2, 1.9])}
+
+
+def test_machines_get_colours_models_get_styles_and_the_legend_is_readable():
+    ax = plots.plot_cache_savings(FLOPS, TIME, {"CPU, measured": (T, [1.0, 1.3, 1.8])}).axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert lines["FLOPs saved, big"].get_linestyle() == "-" and lines["FLOPs saved, small"].get_linestyle() == "--"
+    by_data = {tuple(line.get_ydata()): line for line in ax.lines}
+    a_big, a_small, b_big = (by_data[tuple(TIME[key][1])] for key in TIME)
+    assert a_big.get_color() == a_small.get_color() != b_big.get_color()  # one colour per machine
+    assert a_small.get_linestyle() == "--" and b_big.get_linestyle() == "-"  # the model's style, as for its FLOPs
+    assert lines["CPU, measured"].get_marker() == "o" and lines["CPU, measured"].get_linestyle() == "None"
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()].count("time saved on GPU A") == 1  # one entry per machine
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 10
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: plots.plot_cache_savings({}, TIME), ValueError, "flops_saved"),
+    (lambda: plots.plot_cache_savings(FLOPS, {"GPU A": (T, [1, 1, 1])}), TypeError, "machine, model"),
+    (lambda: plots.plot_cache_savings(FLOPS, {("GPU", "big"): (T, [1, 0, 1])}), ValueError, r"time_saved"),
+    (lambda: plots.plot_cache_savings(FLOPS, TIME, {"m": (T, [1, 1])}), ValueError, "measured"),
+])
+def test_plot_cache_savings_bad_input_raises(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
