@@ -81,3 +81,16 @@ def feed(cache, T: int, chunk: int = 1, n_layer: int = 1, **shape):
             if layer == 0:
                 returned = out
     return returned
+
+
+# --- the README and chapter 00: minutes per chapter ---
+
+READING_WORDS_PER_MINUTE = 150  # prose with formulas and code beside it reads slower than a novel
+
+
+def chapter_minutes(notebook: Path) -> int:
+    """The README's 'minutes' for a chapter: its prose at READING_WORDS_PER_MINUTE, rounded to 5, at least 5 (the
+    cells run in under a minute each, so reading dominates)."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    words = sum(len("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+    return max(5, 5 * round(words / READING_WORDS_PER_MINUTE / 5))

@@ -146,20 +146,9 @@ def test_public_api():
         assert hasattr(kvlab.Cache, method), method
 
 
-READING_WORDS_PER_MINUTE = 150  # prose with formulas and code beside it reads slower than a novel
-
-
-def chapter_minutes(notebook: Path) -> int:
-    """The README's 'minutes' for a chapter: its prose at READING_WORDS_PER_MINUTE, rounded to 5, at least 5 (the
-    cells run in under a minute each, so reading dominates)."""
-    import json
-
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    words = sum(len("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
-    return max(5, 5 * round(words / READING_WORDS_PER_MINUTE / 5))
-
-
 def test_readme_gives_each_chapters_minutes_from_its_prose():
+    from tests.helpers import chapter_minutes
+
     rows = {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| \[`(\d\d_\w+)`\].*\| (\d+) \|$",
                                                               (ROOT / "README.md").read_text(encoding="utf-8"),
                                                               re.MULTILINE)}

@@ -33,3 +33,11 @@ def test_the_gap_does_not_simply_grow_with_the_model():
     for gpu in hardware.GPU_PRESETS.values():
         for key in ("gpt2-small", "llama2-7b"):
             assert hardware.free_refeed_length(memory.get_preset(key), gpu.fp16_flops, gpu.bandwidth, 2) >= 100
+
+
+def test_the_chapter_table_gives_each_chapters_reading_minutes():
+    from tests.helpers import chapter_minutes
+
+    rows = dict(re.findall(r"\| (\d\d) · [^|]*\|[^|]*\| (\d+) \|", _prose()))
+    assert rows == {nb.name[:2]: str(chapter_minutes(nb)) for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+                    if nb.name[:2] != "00"}
