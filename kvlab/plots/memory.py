@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import memory
 from ..checks import check_int, check_type
-from ._style import axes
+from ._style import axes, legend
 
 
 def _gib(n_bytes: int) -> float:
@@ -43,7 +43,7 @@ def plot_cache_vs_weights(preset, batch_sizes=(1, 16, 64), dtype: str = "fp16", 
     ax.set_xlabel("sequence length seq_len (tokens)")
     ax.set_ylabel(f"memory ({dtype}, GiB)")
     ax.set_title(title or f"{preset.name}: KV cache vs weights in {dtype}")
-    ax.legend(loc="upper left")
+    legend(ax, loc="upper left")
     return fig
 
 
@@ -103,5 +103,5 @@ def plot_memory_report(report, ax=None):
         verdict = "fits" if r.cache_fits else "does not fit"
         finding = f"seq_len {r.seq_len:,} {verdict} in {gpu:g} GiB (up to {longest:,})"
     ax.set_title(f"{r.name}, batch {r.batch_size:,}, {r.dtype}: {finding}")
-    ax.legend(loc="upper left", fontsize=8)
+    legend(ax, loc="upper left")
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checks import check_number
 from . import _checks
-from ._style import axes, panels, plain_log2_ticks
+from ._style import axes, legend, panels, plain_log2_ticks
 
 
 def _rate(value: float, unit: str) -> str:
@@ -39,7 +39,7 @@ def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
     ax.set_ylabel("arithmetic intensity (FLOP/byte)")
     ax.set_title(title or "Prefill and batched decode gain intensity; long caches cap decode")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    legend(ax, loc="lower right")
     return fig
 
 
@@ -81,7 +81,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     ax.set_ylabel("FLOP/s")
     ax.set_title(title or "Left of the ridge memory limits speed, right of it compute does")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    legend(ax, loc="lower right")
     return fig
 
 
@@ -101,7 +101,7 @@ def plot_ttft_tpot(prompt_lens, ttft_s, tpot_s, ax=None, title: str | None = Non
     ax.set_ylabel("time (ms)")
     ax.set_title(title or "The first token waits for the whole prompt; later tokens barely notice it")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     return fig
 
 
@@ -129,7 +129,7 @@ def plot_batch_sweep(batch_sizes, tokens_per_s, latency_s, budget_s: float = 0.0
     right.set_title(f"Per-token latency rises too, {finding}")
     right.set_ylabel("time per output token (ms)")
     right.set_ylim(min(ms) / 2, max(max(ms), budget_s * 1e3) * 2)
-    right.legend(fontsize=8, loc="upper left")
+    legend(right, loc="upper left")
     for ax in axes:
         ax.set_xscale("log", base=2)
         plain_log2_ticks(ax)
