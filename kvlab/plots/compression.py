@@ -114,7 +114,7 @@ def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
         for i, ((label, _), x, y) in enumerate(zip(points, xs, ys)):
             if label:  # alternately above and below the point, so that neighbours' labels do not collide
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 if i % 2 == 0 else -11),
-                            fontsize=8, color=line.get_color())
+                            fontsize=TEXT_PT, color=line.get_color())
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_ylim(-1e-3, 3 * highest)

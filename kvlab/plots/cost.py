@@ -24,7 +24,7 @@ def plot_cost_vs_length(lengths, flops: dict, counted: dict | None = None, secon
     flops = _checks.check_curves("flops", flops, len(lengths))
     counted = _checks.check_curves("counted", counted, len(lengths), required=False)
     seconds = _checks.check_curves("seconds", seconds, len(lengths), required=False)
-    fig, ax = axes(ax)
+    fig, ax = axes(ax, figsize=(9.6, 4.0))  # wide: the legend sits right of the curves, not on them
     flop_unit = next(iter(flops.values()))[0]
     time_unit = next(iter(seconds.values()))[0] if seconds else 1.0
 
@@ -50,7 +50,7 @@ def plot_cost_vs_length(lengths, flops: dict, counted: dict | None = None, secon
     ax.set_ylabel("cost ÷ cost at the first length (no unit)")
     ax.set_title(title or "Cost against length, FLOPs and time on one scale")
     ax.grid(True, which="major", alpha=0.3)
-    legend(ax)
+    legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import memory
 from ..checks import check_int, check_type
-from ._style import axes, legend
+from ._style import TEXT_PT, axes, legend
 
 
 def _gib(n_bytes: int) -> float:
@@ -61,7 +61,7 @@ def plot_kv_heads(preset, dtype: str = "fp16", title: str | None = None, ax=None
     fig, ax = axes(ax)
     colors = ["tab:blue" if h == preset.n_kv_head else "lightsteelblue" for h in options]
     bars = ax.bar([str(h) for h in options], [b / 1024 for b in per_token], color=colors)
-    ax.bar_label(bars, labels=[f"{b / 1024:g}" for b in per_token], fontsize=8)
+    ax.bar_label(bars, labels=[f"{b / 1024:g}" for b in per_token], fontsize=TEXT_PT)
     ax.set_yscale("log", base=2)
     ax.set_xlabel(f"K/V heads n_kv_head (of n_head = {preset.n_head}; 1 = MQA, {preset.n_head} = MHA)")
     ax.set_ylabel(f"KV cache per token ({dtype}, KiB)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checks import check_number
 from . import _checks
-from ._style import axes, legend, panels, plain_log2_ticks
+from ._style import TEXT_PT, axes, legend, panels, plain_log2_ticks
 
 
 def _rate(value: float, unit: str) -> str:
@@ -31,7 +31,7 @@ def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
     for j, (label, ridge) in enumerate(ridges.items()):
         ax.axhline(ridge, color="0.3", linestyle=(0, (1 + j, 2)), linewidth=1)
         ax.annotate(f"ridge: {label} ({ridge:.3g})", (0.01, ridge), xycoords=("axes fraction", "data"),
-                    xytext=(0, 2), textcoords="offset points", fontsize=8, color="0.3")
+                    xytext=(0, 2), textcoords="offset points", fontsize=TEXT_PT, color="0.3")
     ax.set_xscale("log", base=2)
     plain_log2_ticks(ax)
     ax.set_yscale("log")
@@ -63,7 +63,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     intensities = [x for xs, _ in points.values() for x in xs] + list(ridges.values())
     low, high = min(intensities) / 4, max(intensities) * 4
     grid = [low * (high / low) ** (i / 200) for i in range(201)]
-    fig, ax = axes(ax)
+    fig, ax = axes(ax, figsize=(6.4, 5.2))  # tall: the legend sits under the axes, not on the points
     for i, (name, (peak, bw)) in enumerate(roofs.items()):
         color = f"C{i}"
         ax.plot(grid, [attainable_flops(x, peak, bw) for x in grid], "-", color=color, linewidth=2,
@@ -73,7 +73,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     for j, (label, (xs, ys)) in enumerate(points.items()):
         ax.plot(xs, ys, markers[j % len(markers)], color=f"C{len(roofs) + j}", label=label, markersize=6)
         for x, y, text in zip(xs, ys, labels.get(label, [])):
-            ax.annotate(str(text), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+            ax.annotate(str(text), (x, y), xytext=(4, -12), textcoords="offset points", fontsize=TEXT_PT)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(low, high)
@@ -81,7 +81,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     ax.set_ylabel("FLOP/s")
     ax.set_title(title or "Left of the ridge memory limits speed, right of it compute does")
     ax.grid(True, which="major", alpha=0.3)
-    legend(ax, loc="lower right")
+    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return fig
 
 
