@@ -81,8 +81,8 @@ class AttentionStep:
         idx = range(1, t + 1)
         ks = "; ".join(f"k_{{{i}}}" for i in idx)
         vs = "; ".join(f"v_{{{i}}}" for i in idx)
-        dots = ",\\ ".join(_rounded(x, digits) for x in self.dots.tolist())
-        scores = ",\\ ".join(_rounded(x, digits) for x in self.scores.tolist())
+        dots = ",\\ ".join(_latex_number(x, digits) for x in self.dots.tolist())
+        scores = ",\\ ".join(_latex_number(x, digits) for x in self.scores.tolist())
         terms = " + ".join(f"{w:.{digits}f}\\,v_{{{i}}}" for i, w in zip(idx, self.weights.tolist()))
         return ("\\begin{aligned}\n"
                 f"\\mathrm{{Att}}_{{{t}}} &= \\operatorname{{softmax}}\\!\\Big(\\frac{{q_{{{t}}}\\,[{ks}]^\\top}}"
@@ -95,7 +95,7 @@ class AttentionStep:
 
 
 def _latex_vector(x: torch.Tensor, digits: int, show: int) -> str:
-    values = [_rounded(value, digits) for value in x.tolist()]
+    values = [_latex_number(value, digits) for value in x.tolist()]
     if len(values) > show + 1:
         values = values[:show] + ["\\dots"] + values[-1:]
     return "(" + ",\\ ".join(values) + ")"
@@ -105,6 +105,15 @@ def _rounded(x: float, digits: int) -> str:
     """`x` to `digits` decimals, writing a number that rounds to zero as 0 rather than -0."""
     text = f"{x:.{digits}f}"
     return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _latex_number(x: float, digits: int) -> str:
+    """`_rounded` for LaTeX: a negative number in braces, ``{-0.60}``, so that it is typeset as a signed number.
+
+    After ``,\\ `` a bare ``-`` is read (by MathJax) as a binary minus, with space on both sides: "− 0.60".
+    """
+    text = _rounded(x, digits)
+    return f"{{{text}}}" if text.startswith("-") else text
 
 
 def _check_trace_arguments(model: TinyGPT, idx: torch.Tensor, layer: int, head: int, min_len: int = 1) -> None:

@@ -13,23 +13,30 @@ from . import memory, plots
 from .checks import check_int, check_number, check_one_of
 from .plots.attention import position_labels
 
-__all__: list[str] = ["GPU_MEMORY_GIB", "draw_memory_calculator", "memory_calculator", "cache_stepper",
-                     "COST_D_MODELS", "COST_LENGTHS", "draw_cost_explorer", "cost_explorer"]
+__all__: list[str] = ["GPU_MEMORY_GIB", "SEQ_LENS", "CUSTOM", "draw_memory_calculator", "memory_calculator",
+                     "cache_stepper", "COST_D_MODELS", "COST_LENGTHS", "draw_cost_explorer", "cost_explorer"]
 
 
 # --- chapter 06: KV-cache memory ---
 
 GPU_MEMORY_GIB = (16, 24, 40, 80, 141)  # common accelerator sizes, in GiB
+# The seq_len slider's stops: powers of two and the halfway 1.5 · 2^k, so 1 to 131,072 tokens spread evenly on a
+# log scale (34 stops) instead of 570 tokens a pixel on a linear slider; every common context length is a stop.
+SEQ_LENS = tuple(sorted({2**k for k in range(18)} | {3 * 2**k for k in range(16)}))
 
 
-def _matching_preset(n_layer: int, d_model: int, n_head: int, n_kv_head: int,
-                     n_params: int) -> memory.ModelPreset | None:
-    """The published model with exactly this shape (its name and sliding window apply), or None: a custom model."""
-    for preset in memory.MODEL_PRESETS.values():
+CUSTOM = "custom"  # the model dropdown's entry for sliders that match no preset
+
+
+def _preset_key(n_layer: int, d_model: int, n_head: int, n_kv_head: int, n_params: int) -> str | None:
+    """The key of the published model with exactly this shape, or None (a custom model)."""
+    for key, preset in memory.MODEL_PRESETS.items():
         if (preset.n_layer, preset.d_model, preset.n_head, preset.n_kv_head, preset.n_params) == (
                 n_layer, d_model, n_head, n_kv_head, n_params):
-            return preset
+            return key
     return None
+
+
 
 
 def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: int, batch_size: int, seq_len: int,
@@ -42,7 +49,8 @@ def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: i
     """
     try:
         n_params = round(check_number("n_params_billion", n_params_billion, 0) * 1e9)
-        preset = _matching_preset(n_layer, d_model, n_head, n_kv_head, n_params)
+        key = _preset_key(n_layer, d_model, n_head, n_kv_head, n_params)
+        preset = None if key is None else memory.MODEL_PRESETS[key]  # its name and sliding window apply
         report = memory.memory_report(n_layer, d_model, n_head, n_kv_head, batch_size, seq_len, dtype,
                                       gpu_gib=gpu_gib, n_params=n_params, weight_dtype=weight_dtype,
                                       name=preset.name if preset else "custom model",
@@ -58,14 +66,18 @@ def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: i
 
 def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: int = 4096,
                       gpu_gib: float = 80) -> widgets.Widget:
-    """The KV-cache memory calculator: pick a model (or set its sizes), a batch, a length, a dtype and a GPU."""
+    """The KV-cache memory calculator: pick a model (or set its sizes), a batch, a length, a dtype and a GPU.
+
+    The model dropdown follows the sliders: it names the preset whose shape they hold, or "custom" once one moves
+    away from it, so that picking a preset again (even the same one) re-applies it.
+    """
     import matplotlib.pyplot as plt
     from IPython.display import display
 
     check_one_of("preset", preset, [None, *memory.MODEL_PRESETS])  # None: a custom model
     check_one_of("gpu_gib", gpu_gib, GPU_MEMORY_GIB)
     check_int("batch_size", batch_size, 1, 256)  # the sliders' ranges
-    check_int("seq_len", seq_len, 1, 131072)
+    check_one_of("seq_len", check_int("seq_len", seq_len, 1, 131072), SEQ_LENS)  # the slider's stops
     style = {"description_width": "150px"}
     layout = widgets.Layout(width="480px")
 
@@ -73,15 +85,19 @@ def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: 
         return widgets.IntSlider(value=value, min=low, max=high, step=step, description=description,
                                  continuous_update=False, style=style, layout=layout)
 
-    choose = widgets.Dropdown(options=[("custom", None)] + [(p.name, key) for key, p in memory.MODEL_PRESETS.items()],
-                              value=preset, description="model", style=style, layout=layout)
+    # "custom" is a value of its own: a Dropdown shows value None as no selection at all (a blank box)
+    choose = widgets.Dropdown(options=[("custom", CUSTOM)] + [(p.name, key) for key, p in memory.MODEL_PRESETS.items()],
+                              value=CUSTOM if preset is None else preset, description="model", style=style,
+                              layout=layout)
     controls = dict(
         n_layer=slider("layers n_layer", 32, 1, 128),
         d_model=slider("hidden size d_model", 4096, 64, 16384, 64),
         n_head=slider("heads n_head", 32, 1, 128),
         n_kv_head=slider("K/V heads n_kv_head", 32, 1, 128),
         batch_size=slider("batch", batch_size, 1, 256),
-        seq_len=slider("seq_len (tokens)", seq_len, 1, 131072),
+        seq_len=widgets.SelectionSlider(options=[(f"{n:,}", n) for n in SEQ_LENS], value=seq_len,
+                                        description="seq_len (tokens)", continuous_update=False, style=style,
+                                        layout=layout),
         dtype=widgets.Dropdown(options=list(memory.DTYPE_BYTES), value="fp16", description="cache dtype",
                                style=style, layout=layout),
         gpu_gib=widgets.Dropdown(options=[(f"{g} GiB", g) for g in GPU_MEMORY_GIB], value=gpu_gib,
@@ -94,9 +110,20 @@ def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: 
     out = widgets.Output()
     busy = [False]  # set while a preset fills in the sliders, so they redraw once, not once per slider
 
+    def follow_the_sliders() -> None:
+        """Name the preset the sliders hold, or "custom": what the report says, the dropdown says too."""
+        values = {name: controls[name].value for name in ("n_layer", "d_model", "n_head", "n_kv_head")}
+        key = _preset_key(**values, n_params=round(controls["n_params_billion"].value * 1e9))
+        busy[0] = True  # naming the preset must not apply it again
+        try:
+            choose.value = CUSTOM if key is None else key
+        finally:
+            busy[0] = False
+
     def redraw(_change=None):
         if busy[0]:
             return
+        follow_the_sliders()
         text, fig = draw_memory_calculator(**{name: c.value for name, c in controls.items()})
         with out:
             out.clear_output(wait=True)
@@ -106,7 +133,9 @@ def memory_calculator(preset: str = "llama2-7b", batch_size: int = 16, seq_len: 
                 plt.close(fig)
 
     def apply_preset(_change=None):
-        if choose.value is not None:
+        if busy[0]:
+            return
+        if choose.value != CUSTOM:
             p = memory.get_preset(choose.value)
             busy[0] = True
             try:
@@ -178,7 +207,8 @@ def draw_cost_explorer(d_model: int, n_layer: int, T: int, vocab_size: int = 502
             for part, value in flops.generation_flops_split(config, 1, t, use_cache).items():
                 total[mode][part].append(value)
     t_star = flops.attention_crossover(config)
-    verdict = (f"attention outweighs the dense matmuls from t* = {float(t_star):,.0f} tokens on" if T >= t_star else
+    verdict = (f"attention outweighs the dense matmuls in every step past t* = {float(t_star):,.0f} tokens"
+               if T >= t_star else
                f"dense matmuls dominate every step up to T = {T:,} (t* = {float(t_star):,.0f})")
     title = f"d_model = {d_model:,}, n_layer = {n_layer}, vocab = {vocab_size:,}: {verdict}"
     return plots.plot_cost_split(lengths, step, lengths, total, t_star=t_star, title=title)

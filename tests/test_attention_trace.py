@@ -206,6 +206,17 @@ def test_latex_shows_the_numbers(hello):
     assert latex.count("\\dots") == 1  # the 16-number output is shortened
 
 
+def test_latex_writes_negative_numbers_as_signed_numbers(hello):
+    model, tokenizer = hello
+    step = expand_attention_step(trace_attention(model, tokenizer.encode_batch("hello"), 0, 0), 5)
+    latex = step.to_latex(digits=2)
+    negatives = [x for x in [*step.dots.tolist(), *step.output[:3].tolist()] if round(x, 2) < 0]
+    assert negatives  # the test needs some
+    for x in negatives:
+        assert f"{{{x:.2f}}}" in latex  # {-0.60}: a sign, where a bare -0.60 after ",\\ " reads "− 0.60"
+    assert "\\ -" not in latex and "[-" not in latex
+
+
 def test_format_vectors():
     text = format_vectors(torch.tensor([[1.234, -0.001], [-5.0, 0.5]]), ["a", "bb"], digits=2)
     assert text.splitlines() == ["a    1.23  0.00", "bb  -5.00  0.50"]  # -0.00 is written 0.00

@@ -62,8 +62,11 @@ def test_draw_cost_explorer_ordinary_and_extreme(d_model, n_layer, T):
     xs, ys = totals["without cache: attention"].get_data()
     assert ys[-1] == flops.generation_flops_split(config, 1, T, False)["attention"]
     t_star = float(flops.attention_crossover(config))
-    assert f"{t_star:,.0f}" in fig._suptitle.get_text()
-    assert ("attention outweighs" in fig._suptitle.get_text()) == (T >= t_star)
+    title = fig._suptitle.get_text()
+    assert f"{t_star:,.0f}" in title
+    assert ("attention outweighs" in title) == (T >= t_star)
+    if T >= t_star:  # a whole sentence, not "... from t* = 6,702 tokens on"
+        assert title.endswith(f"in every step past t* = {t_star:,.0f} tokens")
 
 
 @pytest.mark.parametrize("name", ["d_model", "n_layer", "T"])
@@ -193,3 +196,43 @@ def test_calculator_widget_wires_presets_to_the_controls(capsys):
 def test_calculator_widget_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         widgets.memory_calculator(**kwargs)
+
+
+def test_calculator_dropdown_follows_the_sliders(capsys):
+    box = widgets.memory_calculator(preset="llama2-7b", batch_size=16, seq_len=4096, gpu_gib=24)
+    controls = _controls(box)
+    choose, kv_heads = controls["model"], controls["K/V heads n_kv_head"]
+    assert choose.value == "llama2-7b"
+    capsys.readouterr()
+    kv_heads.value = 8  # a Llama 2 7B with GQA: no published model has this shape
+    assert choose.value == widgets.CUSTOM and choose.label == "custom"
+    assert "custom model" in capsys.readouterr().out
+    choose.value = "llama2-7b"  # picking the same preset again re-applies it
+    assert kv_heads.value == 32
+    out = capsys.readouterr().out
+    assert out.count("KV cache:") == 1 and "Llama 2 7B (" in out
+    controls["batch"].value = 4  # not part of the model's shape: still the preset
+    assert choose.value == "llama2-7b"
+    kv_heads.value, controls["parameters (billions)"].value = 8, 7.0
+    kv_heads.value = 32  # back to 32 heads, but with 7.0 billion parameters: still custom
+    assert choose.value == widgets.CUSTOM
+    controls["parameters (billions)"].value = memory.get_preset("llama2-7b").n_params / 1e9
+    assert choose.value == "llama2-7b"  # the sliders hold the preset's shape again, and the dropdown says so
+
+
+def test_calculator_seq_len_slider_is_logarithmic_and_draws_its_extremes(capsys):
+    stops = widgets.SEQ_LENS
+    assert stops[0] == 1 and stops[-1] == 131072 and len(stops) <= 40
+    assert all(1 < b / a <= 2 for a, b in zip(stops, stops[1:]))  # evenly spread on a log scale
+    assert {2048, 4096, 8192, 32768} <= set(stops)  # common context lengths are stops
+    box = widgets.memory_calculator(preset="llama2-7b", batch_size=1, seq_len=4096, gpu_gib=80)
+    slider = _controls(box)["seq_len (tokens)"]
+    assert slider.label == "4,096"
+    for seq_len in (stops[0], stops[-1]):
+        capsys.readouterr()
+        slider.value = seq_len
+        out = capsys.readouterr().out
+        assert f"seq_len {seq_len}, fp16" in out and "Cannot compute" not in out  # an int, as the report prints
+        assert isinstance(slider.value, int)
+    with pytest.raises(ValueError, match="seq_len"):
+        widgets.memory_calculator(seq_len=5000)  # not a stop of the slider

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ._style import axes, panels
+from ._style import axes, legend, panels, readable_ticks
 
 
 def position_labels(T: int, tokens=None) -> list[str]:
@@ -109,6 +109,7 @@ def plot_cache_step(t: int, T: int, tokens=None, axes=None):
     for ax, use_cache in zip(axes, (False, True)):
         grid = grids[use_cache]
         ax.clear()
+        readable_ticks(ax)
         ax.imshow(grid, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(colours) - 0.5)
         ax.set_xticks(np.arange(T + 1) - 0.5, minor=True)
         ax.set_yticks(np.arange(T + 1) - 0.5, minor=True)
@@ -120,16 +121,15 @@ def plot_cache_step(t: int, T: int, tokens=None, axes=None):
         ax.set_ylabel("query position i (q_i)")
         computed = int(np.isin(grid, (3, 4, 5)).sum())
         side = "with a KV cache" if use_cache else "without a cache"
-        if t == 0:
-            ax.set_title(f"{side}: nothing computed yet")
-        else:
-            ax.set_title(f"{side}: {computed} score{'s' * (computed != 1)} at step {t}")
+        # two short lines, narrower than the grid: a title wider than the grid would widen the figure at some t only
+        ax.set_title(f"{side}\n{computed} score{'s' * (computed != 1)} at step {t}")
         if use_cache and t >= 1 and T <= 8:
             for j in range(t):
-                ax.text(j, t - 1, "cache" if j < t - 1 else "new", ha="center", va="center", fontsize=7)
-    shown = sorted(set(np.unique(grids[False])) | set(np.unique(grids[True])))
-    fig.legend(handles=[Patch(facecolor=colours[s], edgecolor="0.5", label=CELL_STATES[s]) for s in shown],
-               loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+                ax.text(j, t - 1, "cache" if j < t - 1 else "new", ha="center", va="center", fontsize=8)
+    # Every state, even those not on the grids yet: the legend, hence the layout, is the same at every t, so a
+    # slider over t does not make the figure (and the page) jump.
+    legend(fig, handles=[Patch(facecolor=colour, edgecolor="0.5", label=CELL_STATES[s]) for s, colour in
+                         enumerate(colours)], loc="outside lower center", ncol=2, frameon=False)
     title = ("step 0: no token fed yet" if t == 0 else
              f"step {t} of {T}: feeds token {t}; only row {t} is new, so a cache computes just that row")
     fig.suptitle(title)

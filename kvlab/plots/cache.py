@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _checks
-from ._style import axes
+from ._style import axes, legend
 
 
 def copied_bytes_vs_length(lengths, measured: dict, formula: dict | None = None, ax=None):
@@ -31,5 +31,5 @@ def copied_bytes_vs_length(lengths, measured: dict, formula: dict | None = None,
     ax.set_ylabel("bytes copied by the cache, total (B)")
     ax.set_title("Concatenation copies Θ(T²) bytes, in-place writes Θ(T)")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend()
+    legend(ax)
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checks import check_int
 from . import _checks
-from ._style import axes
+from ._style import axes, legend
 
 
 def plot_first_token_attention(shares, ax=None, title: str | None = None):
@@ -47,5 +47,5 @@ def plot_rolling_perplexity(curves: dict, budget: int, width: int, ax=None, titl
     ax.set_xlabel("position in the text (tokens)")
     ax.set_ylabel(f"perplexity over the last {width} tokens")
     ax.set_title(title or "Perplexity as the text grows past the cache's budget")
-    ax.legend()
+    legend(ax)
     return fig

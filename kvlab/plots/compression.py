@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checks import check_int, check_one_of
 from . import _checks
-from ._style import axes
+from ._style import TEXT_PT, axes, legend
 
 _QUALITY_METRICS = {
     "cross_entropy": "held-out cross-entropy (nats per token)",
@@ -41,7 +41,7 @@ def plot_quality_vs_budget(budgets, reports_by_label: dict, metric: str = "cross
     ax.set_xlabel("tokens kept per layer and head (budget)")
     ax.set_ylabel(_QUALITY_METRICS[metric])
     ax.set_title(title or "Quality against the number of tokens kept")
-    ax.legend()
+    legend(ax)
     return fig
 
 
@@ -56,14 +56,34 @@ def plot_bytes_per_step(bytes_by_label: dict, first: int = 1, ax=None, title: st
                       for label, counts in bytes_by_label.items()}
     first = check_int("first", first, 1)
     fig, ax = axes(ax)
-    for label, counts in bytes_by_label.items():
-        ax.plot(range(first, first + len(counts)), [v / 1024 for v in counts], label=label)
+    for i, (label, counts) in enumerate(bytes_by_label.items()):
+        # caches with the same budget hold the same bytes: a line style each keeps every line visible on top of
+        # the others (the thinner, later ones drawn over the wider, earlier ones)
+        ax.plot(range(first, first + len(counts)), [v / 1024 for v in counts], label=label,
+                linestyle=_LINE_STYLES[i % len(_LINE_STYLES)], linewidth=max(4.0 - i, 1.5))
+    for group in _identical_groups(bytes_by_label):  # say so where lines coincide, rather than hide one
+        counts = bytes_by_label[group[0]]
+        ax.annotate("\n".join([f"{len(group)} lines coincide:", *group, "keep as many tokens, so as many bytes"]),
+                    (first + len(counts) - 1, counts[-1] / 1024), xytext=(-10, 25), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=TEXT_PT, arrowprops=dict(arrowstyle="->", color="0.3"))
     ax.set_xlabel("tokens seen by the cache")
     ax.set_ylabel("bytes held by the cache (KiB)")
     ax.set_ylim(0, None)
     ax.set_title(title or "Memory held during generation")
-    ax.legend()
+    legend(ax)
     return fig
+
+
+_LINE_STYLES = ("-", "--", "-.", ":")
+_MARKERS = "osD^v"
+
+
+def _identical_groups(values_by_label: dict) -> list[list[str]]:
+    """Labels whose values are equal, in groups of two or more: lines drawn exactly on top of each other."""
+    groups: dict[tuple, list[str]] = {}
+    for label, values in values_by_label.items():
+        groups.setdefault(tuple(values), []).append(label)
+    return [labels for labels in groups.values() if len(labels) > 1]
 
 
 def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
@@ -85,15 +105,16 @@ def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
                 raise TypeError(f"series[{name!r}] must hold (label, kvlab.quality.QualityReport) pairs, got {pair!r}")
     fig, ax = axes(ax, figsize=(7.2, 4.4))
     highest = 1e-3
-    for name, points in series.items():
+    for j, (name, points) in enumerate(series.items()):
         xs = [report.memory_ratio * 100 for _, report in points]
         ys = [report.cross_entropy_increase for _, report in points]
-        (line,) = ax.plot(xs, ys, "o", label=name)
+        # a marker shape per family, hollow after the first: points of two families at one place both stay visible
+        (line,) = ax.plot(xs, ys, _MARKERS[j % len(_MARKERS)], label=name, markersize=7, mfc="none" if j else None)
         highest = max(highest, *ys)
         for i, ((label, _), x, y) in enumerate(zip(points, xs, ys)):
             if label:  # alternately above and below the point, so that neighbours' labels do not collide
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 3 if i % 2 == 0 else -11),
-                            fontsize=8, color=line.get_color())
+                            fontsize=TEXT_PT, color=line.get_color())
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_yscale("symlog", linthresh=1e-3)
     ax.set_ylim(-1e-3, 3 * highest)
@@ -101,5 +122,5 @@ def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
     ax.set_xlabel("bytes held, % of the full fp32 cache")
     ax.set_ylabel("cross-entropy increase (nats per token)")
     ax.set_title(title or "Memory saved against quality lost")
-    ax.legend(loc="upper right")
+    legend(ax, loc="upper right")
     return fig

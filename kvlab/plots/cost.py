@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _checks
-from ._style import axes, panels, plain_log2_ticks
+from ._style import axes, legend, panels, plain_log2_ticks
 
 _CACHE_STYLE = {"with cache": "C0", "without cache": "C3"}  # the same colours in every chapter-04 figure
 
@@ -24,7 +24,7 @@ def plot_cost_vs_length(lengths, flops: dict, counted: dict | None = None, secon
     flops = _checks.check_curves("flops", flops, len(lengths))
     counted = _checks.check_curves("counted", counted, len(lengths), required=False)
     seconds = _checks.check_curves("seconds", seconds, len(lengths), required=False)
-    fig, ax = axes(ax)
+    fig, ax = axes(ax, figsize=(9.6, 4.0))  # wide: the legend sits right of the curves, not on them
     flop_unit = next(iter(flops.values()))[0]
     time_unit = next(iter(seconds.values()))[0] if seconds else 1.0
 
@@ -50,7 +50,7 @@ def plot_cost_vs_length(lengths, flops: dict, counted: dict | None = None, secon
     ax.set_ylabel("cost ÷ cost at the first length (no unit)")
     ax.set_title(title or "Cost against length, FLOPs and time on one scale")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1))
     return fig
 
 
@@ -80,7 +80,7 @@ def plot_cache_speedup(lengths, flop_ratio, time_ratio=None, bounds: dict | None
     ax.set_ylabel("without cache ÷ with cache (×)")
     ax.set_title(title or "The cache's saving grows in proportion to T")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     return fig
 
 
@@ -113,6 +113,6 @@ def plot_cost_split(step_lengths, step: dict, total_lengths, total: dict, *, t_s
         ax.grid(True, which="major", alpha=0.3)
     if t_star is not None and min(step_lengths) <= t_star <= max(step_lengths):
         axes[0].axvline(float(t_star), color="0.3", lw=1, label=f"t* = {float(t_star):,.0f}")
-    axes[0].legend(fontsize=7)
+    legend(axes[0])
     fig.suptitle(title or "Dense matmuls and attention, with and without a KV cache")
     return fig

@@ -7,7 +7,7 @@ from ..flops import positions_processed
 from ..generate import GenerationStats
 from ..measure import cumulative_tokens_per_s
 from ._checks import check_entries
-from ._style import axes
+from ._style import axes, legend
 
 
 def plot_positions_per_step(prompt_len: int, n_new: int, ax=None, title: str | None = None):
@@ -28,7 +28,7 @@ def plot_positions_per_step(prompt_len: int, n_new: int, ax=None, title: str | N
     ax.set_xlabel("generation step i (step 0 is the prefill; the others are decode steps)")
     ax.set_ylabel("token positions fed to the model")
     ax.set_title(title or f"Without a cache every step re-feeds the whole sequence (P = {prompt_len})")
-    ax.legend(fontsize=8, loc="upper left")
+    legend(ax, loc="upper left")
     ax.grid(True, axis="y", alpha=0.3)
     return fig
 
@@ -56,7 +56,7 @@ def plot_step_times(stats_by_label, ax=None, title: str | None = None):
     ax.set_ylim(bottom=0)
     ax.set_title(title or "Without a cache each step is slower than the last; with one they stay flat")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    legend(ax, loc="upper left")
     return fig
 
 
@@ -77,5 +77,5 @@ def plot_throughput(stats_by_label, ax=None, title: str | None = None):
     ax.set_ylim(bottom=0)
     ax.set_title(title or "Without a cache throughput falls as the output grows; with one it holds")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     return fig

@@ -6,7 +6,7 @@ import math
 
 from .. import memory
 from ..checks import check_int, check_type
-from ._style import axes
+from ._style import TEXT_PT, axes, legend
 
 
 def _gib(n_bytes: int) -> float:
@@ -45,7 +45,7 @@ def plot_cache_vs_weights(preset, batch_sizes=(1, 16, 64), dtype: str = "fp16", 
     ax.set_xlabel("sequence length seq_len (tokens)")
     ax.set_ylabel(f"memory ({dtype}, GiB)")
     ax.set_title(title or f"{preset.name}: KV cache vs weights in {dtype}")
-    ax.legend(loc="upper left")
+    legend(ax, loc="upper left")
     return fig
 
 
@@ -63,7 +63,7 @@ def plot_kv_heads(preset, dtype: str = "fp16", title: str | None = None, ax=None
     fig, ax = axes(ax)
     colors = ["tab:blue" if h == preset.n_kv_head else "lightsteelblue" for h in options]
     bars = ax.bar([str(h) for h in options], [b / 1024 for b in per_token], color=colors)
-    ax.bar_label(bars, labels=[f"{b / 1024:g}" for b in per_token], fontsize=8)
+    ax.bar_label(bars, labels=[f"{b / 1024:g}" for b in per_token], fontsize=TEXT_PT)
     ax.set_yscale("log", base=2)
     ax.set_xlabel(f"K/V heads n_kv_head (of n_head = {preset.n_head}; 1 = MQA, {preset.n_head} = MHA)")
     ax.set_ylabel(f"KV cache per token ({dtype}, KiB)")
@@ -106,5 +106,5 @@ def plot_memory_report(report, ax=None):
         limit = f"up to {longest:,}" if longest else "any length: its window caps the cache"
         finding = f"seq_len {r.seq_len:,} {verdict} in {gpu:g} GiB ({limit})"
     ax.set_title(f"{r.name}, batch {r.batch_size:,}, {r.dtype}: {finding}")
-    ax.legend(loc="upper left", fontsize=8)
+    legend(ax, loc="upper left")
     return fig

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..checks import check_number
 from . import _checks
-from ._style import axes, panels, plain_log2_ticks
+from ._style import TEXT_PT, axes, legend, panels, plain_log2_ticks
 
 
 def _rate(value: float, unit: str) -> str:
@@ -32,7 +32,7 @@ def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
     for j, (label, ridge) in enumerate(ridges.items()):
         ax.axhline(ridge, color="0.3", linestyle=(0, (1 + j, 2)), linewidth=1)
         ax.annotate(f"ridge: {label} ({ridge:.3g})", (0.01, ridge), xycoords=("axes fraction", "data"),
-                    xytext=(0, 2), textcoords="offset points", fontsize=8, color="0.3")
+                    xytext=(0, 2), textcoords="offset points", fontsize=TEXT_PT, color="0.3")
     ax.set_xscale("log", base=2)
     plain_log2_ticks(ax)
     ax.set_yscale("log")
@@ -40,7 +40,7 @@ def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
     ax.set_ylabel("arithmetic intensity (FLOP/byte)")
     ax.set_title(title or "Prefill and batched decode gain intensity; long caches cap decode")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    legend(ax, loc="lower right")
     return fig
 
 
@@ -64,7 +64,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     intensities = [x for xs, _ in points.values() for x in xs] + list(ridges.values())
     low, high = min(intensities) / 4, max(intensities) * 4
     grid = [low * (high / low) ** (i / 200) for i in range(201)]
-    fig, ax = axes(ax)
+    fig, ax = axes(ax, figsize=(6.4, 5.2))  # tall: the legend sits under the axes, not on the points
     for i, (name, (peak, bw)) in enumerate(roofs.items()):
         color = f"C{i}"
         ax.plot(grid, [attainable_flops(x, peak, bw) for x in grid], "-", color=color, linewidth=2,
@@ -74,7 +74,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     for j, (label, (xs, ys)) in enumerate(points.items()):
         ax.plot(xs, ys, markers[j % len(markers)], color=f"C{len(roofs) + j}", label=label, markersize=6)
         for x, y, text in zip(xs, ys, labels.get(label, [])):
-            ax.annotate(str(text), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7)
+            ax.annotate(str(text), (x, y), xytext=(4, -12), textcoords="offset points", fontsize=TEXT_PT)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(low, high)
@@ -82,7 +82,7 @@ def plot_roofline(roofs, points=None, labels=None, ax=None, title: str | None = 
     ax.set_ylabel("FLOP/s")
     ax.set_title(title or "Left of the ridge memory limits speed, right of it compute does")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return fig
 
 
@@ -102,7 +102,7 @@ def plot_ttft_tpot(prompt_lens, ttft_s, tpot_s, ax=None, title: str | None = Non
     ax.set_ylabel("time (ms)")
     ax.set_title(title or "The first token waits for the whole prompt; later tokens barely notice it")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    legend(ax)
     return fig
 
 
@@ -130,7 +130,7 @@ def plot_batch_sweep(batch_sizes, tokens_per_s, latency_s, budget_s: float = 0.0
     right.set_title(f"Per-token latency rises too, {finding}")
     right.set_ylabel("time per output token (ms)")
     right.set_ylim(min(ms) / 2, max(max(ms), budget_s * 1e3) * 2)
-    right.legend(fontsize=8, loc="upper left")
+    legend(right, loc="upper left")
     for ax in axes:
         ax.set_xscale("log", base=2)
         plain_log2_ticks(ax)

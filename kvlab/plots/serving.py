@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..checks import check_number
 from . import _checks
-from ._style import axes, plain_log2_ticks
+from ._style import axes, legend, plain_log2_ticks
 
 
 def plot_paging_waste(block_sizes, paged_bytes, contiguous_bytes: int, formula_bytes=None, ax=None,
@@ -35,5 +35,5 @@ def plot_paging_waste(block_sizes, paged_bytes, contiguous_bytes: int, formula_b
     ax.set_ylabel("reserved but unused cache (KiB)")
     ax.set_title(title or "Paging wastes less than one block per request")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="center left")
+    legend(ax, loc="center left")
     return fig
