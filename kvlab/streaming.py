@@ -175,6 +175,12 @@ def quantized(bits: int, group_size: int = 32, residual_length: int = 32) -> Att
 # --- running the model with one of them ---
 
 
+def _check_one_sequence(idx: torch.Tensor) -> None:
+    """The measurements read one text: (1, T) with T >= 2, so that there is a next token to predict."""
+    if check_tensor("idx", idx, dim=2, what="one sequence of token ids, (1, T)").shape[0] != 1 or idx.shape[1] < 2:
+        raise ValueError(f"idx must be one sequence of at least 2 tokens, shape (1, T), got {tuple(idx.shape)}")
+
+
 def _check_model_tokens(model: Llama, idx: torch.Tensor) -> None:
     check_type("model", model, Llama, "a kvlab.llama.Llama (kvlab.smollm2.load_smollm2() returns one)")
     check_tensor("idx", idx, dim=2, dtypes=(torch.long,), what="a (batch, seq_len) tensor of token ids")
@@ -236,8 +242,7 @@ def token_losses(model: Llama, idx: torch.Tensor, attend: Attend = full_attentio
     The language-model head runs on `chunk` positions at a time: for 2,048 positions all logits at once would take
     2,048 · 49,152 · 4 bytes = 400 MB.
     """
-    if check_tensor("idx", idx, dim=2, what="one sequence of token ids, (1, T)").shape[0] != 1 or idx.shape[1] < 2:
-        raise ValueError(f"idx must be one sequence of at least 2 tokens, shape (1, T), got {tuple(idx.shape)}")
+    _check_one_sequence(idx)
     chunk = check_int("chunk", chunk, 1)
     hidden = forward_with_attention(model, idx, attend)[0, :-1]  # (T - 1, C): the positions with a next token
     targets = idx[0, 1:]
@@ -257,8 +262,7 @@ def cache_losses(model: Llama, idx: torch.Tensor, cache: Cache, prefill: int = 1
     it holds `prefill` tokens (see `kvlab.quality.decode_token_by_token`).
     """
     _check_model_tokens(model, idx)
-    if idx.shape[0] != 1 or idx.shape[1] < 2:
-        raise ValueError(f"idx must be one sequence of at least 2 tokens, shape (1, T), got {tuple(idx.shape)}")
+    _check_one_sequence(idx)
     logits = decode_token_by_token(model, idx, cache, prefill=prefill).logits[0, :-1]  # (T - 1, vocab)
     return PolicyRun(F.cross_entropy(logits, idx[0, 1:], reduction="none"), logits.argmax(dim=-1))
 

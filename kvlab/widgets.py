@@ -37,8 +37,6 @@ def _preset_key(n_layer: int, d_model: int, n_head: int, n_kv_head: int, n_param
     return None
 
 
-
-
 def draw_memory_calculator(n_layer: int, d_model: int, n_head: int, n_kv_head: int, batch_size: int, seq_len: int,
                            dtype: str = "fp16", gpu_gib: float = 80, n_params_billion: float = 7.0,
                            weight_dtype: str | None = None):

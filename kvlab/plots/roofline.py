@@ -177,5 +177,5 @@ def plot_cache_savings(flops_saved, time_saved, measured=None, ax=None, title: s
     ax.set_ylabel("without cache ÷ with cache (×)")
     ax.set_title(title or "The cache saves far more FLOPs than time where decode is memory-bound")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=TEXT_PT, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
