@@ -8,6 +8,7 @@ import statistics
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from .model import TinyGPT
 
 __all__ = ["count_flops", "CopyCounter", "count_copied_bytes", "OpCounter", "count_operations", "CopyCountingCache",
            "cache_copied_bytes", "expected_copied_bytes",
-           "median_seconds", "measure_peak_flops", "measure_bandwidth", "PhaseTimes", "time_phases", "sweep_phases",
+           "median_seconds", "measure_peak_flops", "measure_bandwidth", "last_level_cache_bytes", "PhaseTimes",
+           "time_phases", "sweep_phases",
            "time_generation", "cumulative_tokens_per_s", "record_positions",
            "count_generation_flops", "loglog_slope"]
 
@@ -382,6 +384,25 @@ def measure_bandwidth(n_bytes: int | None = None, repeats: int = 5, *, device: t
     target = torch.zeros_like(source)
     seconds = median_seconds(lambda: target.copy_(source), repeats, warmup=1, device=device)
     return 2 * source.nbytes / seconds
+
+
+def last_level_cache_bytes(cache_dir: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Bytes of the largest data cache that CPU 0 sees, as Linux reports it; None where it is not reported.
+
+    Weights larger than this cannot stay on chip between forwards, so every decode step streams them from main
+    memory. Sizes vary from a few MiB (laptops) to hundreds (some server CPUs), hence read it, do not assume it.
+    """
+    sizes = {}
+    for index in Path(cache_dir).glob("index*"):
+        try:
+            level, kind = int((index / "level").read_text()), (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue  # an entry the kernel leaves out: skip it rather than guess
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
+        if kind != "Instruction" and size.rstrip("KMG").isdigit():
+            sizes[level] = int(size.rstrip("KMG")) * scale
+    return sizes[max(sizes)] if sizes else None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Helpers the tests share, imported as `from tests.helpers import ...` (fixtures live in tests/conftest.py)."""
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -31,11 +32,15 @@ def printed_text(cell: dict) -> str:
     return "".join(parts)
 
 
+def _plain_prose(cell) -> str:
+    """A markdown cell's text with whitespace and blockquote markers (the "> " of a box) normalised."""
+    return " ".join(re.sub(r"(?m)^> ?", "", "".join(cell["source"])).split())
+
+
 def assert_printed_above(notebook: Path, prose: str, printed) -> None:
     """A number in a chapter's prose must be printed by a code cell above it (`printed`: a string or a regex)."""
     cells = notebook_cells(notebook)
-    where = [i for i, c in enumerate(cells)
-             if c["cell_type"] == "markdown" and prose in " ".join("".join(c["source"]).split())]
+    where = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and prose in _plain_prose(c)]
     assert where, f"claim {prose!r} is no longer in the chapter's prose"
     above = "".join(printed_text(c) for c in cells[:where[0]] if c["cell_type"] == "code")
     found = printed.search(above) if hasattr(printed, "search") else printed in above

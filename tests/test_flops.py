@@ -1,5 +1,6 @@
 """Analytic FLOPs (kvlab.flops) against FLOPs counted by PyTorch's FlopCounterMode on a real TinyGPT."""
 
+import dataclasses
 import math
 from fractions import Fraction
 from pathlib import Path
@@ -369,6 +370,18 @@ def test_bytes_moved_by_hand():
     # GQA, batch 3, fp16: weights 488 · 2; read 2·2·3·3·2·2 = 144; written 2·2·3·2·2·2 = 96
     assert bytes_moved(TINY_GQA, 2, 3, 2, batch_size=3) == 976 + 144 + 96 == 1216
     assert bytes_moved(TINY, 1, 0, 0.5) == math.ceil(106 * 0.5) + 2  # int4: 53 bytes of weights, 4 elements of KV
+
+
+def test_bytes_moved_reads_a_presets_published_weights():
+    """Llama 2 7B's SwiGLU MLP and untied head are not GPT-2's layout: the formula is 2.2% short of the released
+    6,738,415,616 weights, and a decode step reads the real ones."""
+    llama = memory.get_preset("llama2-7b")
+    assert flops.weight_count(llama) == 6_738_415_616 != n_params(llama) == 6_592_012_288
+    kv_per_token = 2 * 32 * 4096 * 2  # K and V, 32 layers, d_model 4096, fp16
+    assert bytes_moved(llama, 1, 99, 2) == 6_738_415_616 * 2 + 100 * kv_per_token
+    assert flops.weight_count(TINY) == n_params(TINY) == 106  # a bare shape: the formula
+    with pytest.raises(ValueError, match="config.n_params"):
+        flops.weight_count(dataclasses.replace(llama, n_params=0))
 
 
 def test_arithmetic_intensity_by_hand():

@@ -408,3 +408,25 @@ def test_count_operations_counts_every_operation_views_included():
     assert measure.count_operations(lambda: None).total() == 0
     with pytest.raises(TypeError, match="fn"):
         measure.count_operations(3)
+
+
+def _fake_cache(root, entries):
+    for i, (level, kind, size) in enumerate(entries):
+        index = root / f"index{i}"
+        index.mkdir(parents=True)
+        for name, text in (("level", str(level)), ("type", kind), ("size", size)):
+            (index / name).write_text(text + "\n")
+    return root
+
+
+def test_last_level_cache_bytes_reads_the_highest_data_level(tmp_path):
+    """The largest level wins, whatever the listing order; instruction caches and unreadable entries do not count."""
+    root = _fake_cache(tmp_path, [(3, "Unified", "32768K"), (1, "Data", "32K"), (1, "Instruction", "64K"),
+                                  (2, "Unified", "1M")])
+    assert measure.last_level_cache_bytes(root) == 32 * 2**20
+    only_l1 = _fake_cache(tmp_path / "small", [(1, "Instruction", "64K"), (1, "Data", "48K")])
+    assert measure.last_level_cache_bytes(only_l1) == 48 * 2**10
+    broken = _fake_cache(tmp_path / "broken", [(2, "Unified", "2M")])
+    (broken / "index1").mkdir()  # a directory without files: skipped
+    assert measure.last_level_cache_bytes(broken) == 2 * 2**20
+    assert measure.last_level_cache_bytes(tmp_path / "absent") is None  # macOS, Windows: not reported

@@ -23,6 +23,17 @@ def test_machines_get_colours_models_get_styles_and_the_legend_is_readable():
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()].count("time saved on GPU A") == 1  # one entry per machine
     assert min(t.get_fontsize() for t in legend.get_texts()) >= 10
+    assert "big (line style)" not in [t.get_text() for t in legend.get_texts()]  # its FLOP line is its key
+
+
+def test_a_model_without_a_flop_line_gets_a_line_style_key():
+    """The CPU's own model has a time line only: the legend still says which model its line style means."""
+    ax = plots.plot_cache_savings(FLOPS, {**TIME, ("CPU", "tiny"): (T, [1.0, 1.1, 1.2])}).axes[0]
+    key = [line for line in ax.lines if line.get_label() == "tiny (line style)"]
+    assert len(key) == 1 and key[0].get_linestyle() == ":" and len(key[0].get_xdata()) == 0
+    cpu = next(line for line in ax.lines if list(line.get_ydata()) == [1.0, 1.1, 1.2])
+    assert cpu.get_linestyle() == ":"
+    assert "tiny (line style)" in [t.get_text() for t in ax.get_legend().get_texts()]
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
 
 

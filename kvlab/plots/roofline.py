@@ -167,6 +167,9 @@ def plot_cache_savings(flops_saved, time_saved, measured=None, ax=None, title: s
         label = None if machine in labelled else f"time saved on {machine}"
         labelled.add(machine)
         ax.plot(xs, ys, style[model], color=colour, lw=1.5, label=label)
+    for model in models:  # a model with time lines but no FLOP line still needs its line style in the key
+        if model not in flops_saved:
+            ax.plot([], [], style[model], color="0.4", lw=1.5, label=f"{model} (line style)")
     for j, (label, (xs, ys)) in enumerate(measured.items()):
         ax.plot(xs, ys, "os^D"[j % 4], color=f"C{len(machines) + j}", ms=7, label=label)
     ax.axhline(1, color="0.5", lw=0.8)

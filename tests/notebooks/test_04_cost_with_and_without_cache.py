@@ -3,12 +3,13 @@ state, checked against the committed notebook or recomputed with kvlab.
 """
 
 import json
+import re
 from fractions import Fraction
 
 import pytest
 
 from kvlab import flops, memory
-from tests.helpers import FIT_FROM, NOTEBOOKS, T_MAX, by_hand, chapter_config
+from tests.helpers import FIT_FROM, NOTEBOOKS, T_MAX, assert_printed_above, by_hand, chapter_config
 
 NOTEBOOK = NOTEBOOKS / "04_cost_with_and_without_cache.ipynb"
 
@@ -54,6 +55,16 @@ def test_attention_share_table_by_hand(key):
     share = A * t / (D + A * t)
     assert share < 0.15  # the prose: far below t*, attention is a small share (13.3 % for GPT-2 small, 2.7 % GPT-3)
     assert t < 6 * preset.d_model < flops.attention_crossover(preset)
+
+
+def test_attention_bottleneck_box_quotes_the_table():
+    """§3's box: "attention is the bottleneck" against the printed shares and t* of GPT-2 small and GPT-3 175B."""
+    rows = (r"GPT-2 small +768 +12 +4,608 +6,702 +1,024 +13\.3%",
+            r"GPT-3 175B +12,288 +96 +73,728 +73,990 +2,048 +2\.7%")
+    for row in rows:
+        assert_printed_above(NOTEBOOK, "**A common explanation says** that attention, whose cost grows like t²",
+                             re.compile(row))
+    assert_printed_above(NOTEBOOK, "only beyond t* (6,702 and 73,990 tokens)", "6,702")
 
 
 def test_exercise_answers_by_hand():

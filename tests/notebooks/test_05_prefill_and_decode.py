@@ -75,9 +75,9 @@ def test_section_9_numbers_are_what_the_code_gives(hello):
     step_flops, step_bytes = forward_flops(model.config, 1, 15), bytes_moved(model.config, 1, 15, 4)
     assert step_flops < 500_000 and step_bytes < 1_000_000  # "under half a million FLOPs and under a megabyte"
     assert 80 <= ops.total() <= 120  # "about a hundred tiny operations"
-    assert_printed_above(NOTEBOOK, "Under half a million FLOPs and under a megabyte",
+    assert_printed_above(NOTEBOOK, "Under half a million FLOPs and a megabyte",
                          f"{step_flops:,} FLOPs, {step_bytes:,} bytes to move, {ops.total()} PyTorch operations")
-    assert_printed_above(NOTEBOOK, "Why does the course not write all its code this way?", "identical tokens: True")
+    assert_printed_above(NOTEBOOK, "Why not write all the course's code this way?", "identical tokens: True")
 
 
 def test_exercise_4_operations_per_layer(hello):
@@ -96,22 +96,22 @@ def test_exercise_4_operations_per_layer(hello):
 
 
 def test_section_10_gpu_savings_are_printed_and_recomputed():
-    """§10: Llama 2 7B on an H100 (fp16, batch 1, roofline): 504x fewer FLOPs, 1.85x less time at 1,000 tokens;
-    2,050x and 6.96x at 4,000; re-feeding free up to t = 296; GPT-2 small saves about the same time per GPU."""
+    """§10: Llama 2 7B on an H100 (fp16, batch 1, roofline): 504x fewer FLOPs, 1.81x less time at 1,000 tokens;
+    2,050x and 6.82x at 4,000; re-feeding free up to t = 302; GPT-2 small saves nearly the same time per GPU."""
     llama, gpt2 = memory.get_preset("llama2-7b"), memory.get_preset("gpt2-small")
     at = hardware.cache_savings(llama, [1000, 4000], H100.fp16_flops, H100.bandwidth, 2)
     assert [round(s.flops_ratio) for s in at] == [504, 2050]
-    assert [round(s.time_ratio, 2) for s in at] == [1.85, 6.96]
-    assert hardware.free_refeed_length(llama, H100.fp16_flops, H100.bandwidth, 2) == 296
+    assert [round(s.time_ratio, 2) for s in at] == [1.81, 6.82]
+    assert hardware.free_refeed_length(llama, H100.fp16_flops, H100.bandwidth, 2) == 302
     for gpu in hardware.GPU_PRESETS.values():  # "GPT-2 small, far smaller, saves about the same time on each GPU"
         (big,) = hardware.cache_savings(llama, [1000], gpu.fp16_flops, gpu.bandwidth, 2)
         (small,) = hardware.cache_savings(gpt2, [1000], gpu.fp16_flops, gpu.bandwidth, 2)
-        assert small.time_ratio == pytest.approx(big.time_ratio, rel=0.02)
+        assert small.time_ratio == pytest.approx(big.time_ratio, rel=0.04)  # "within 4%"
         (early,) = hardware.cache_savings(llama, [32], gpu.fp16_flops, gpu.bandwidth, 2)
         assert early.time_ratio == 1.0  # the strict cell's claim: re-feeding 32 tokens costs no time
-    row = re.compile(r"Llama 2 7B on NVIDIA H100 SXM +296 +504× +1\.85× +2,050× +6\.96×")
-    assert_printed_above(NOTEBOOK, "1,000 tokens take 504× fewer FLOPs with the cache but only 1.85× less time", row)
-    assert_printed_above(NOTEBOOK, "re-feeding is free up to t = 296", row)
+    row = re.compile(r"Llama 2 7B on NVIDIA H100 SXM +302 +504× +1\.81× +2,050× +6\.82×")
+    assert_printed_above(NOTEBOOK, "1,000 tokens take 504× fewer FLOPs with the cache but only 1.81× less time", row)
+    assert_printed_above(NOTEBOOK, "re-feeding is free up to t = 302", row)
 
 
 def test_section_10_says_the_gpu_numbers_are_an_estimate_and_measures_the_cpu():
@@ -134,8 +134,8 @@ def test_speculative_decoding_claim():
 
     assert verify_s(64) / verify_s(1) < 1.01
     assert verify_s(1024) / verify_s(1) > 2  # past the ridge it is no longer free
-    assert_printed_above(NOTEBOOK, "Each draft token the large model accepts is then nearly free for it",
-                         "checking 64 drafted tokens in one forward on an H100: 4.10 ms, 1.002× one decode step")
+    assert_printed_above(NOTEBOOK, "Each accepted draft is then nearly free for the large model",
+                         "checking 64 drafted tokens in one forward on an H100: 4.19 ms, 1.002× one decode step")
 
 
 def test_ridge_and_gpu_preset_claims():
@@ -146,7 +146,66 @@ def test_ridge_and_gpu_preset_claims():
         assert passes == pytest.approx(2 * ridge, rel=0.1, abs=1)
     assert_printed_above(NOTEBOOK, "passes the ridge at about twice the ridge point in tokens",
                          re.compile(r"passes it from P = \d+ tokens on \(intensity ≈ P/2 in fp32\)"))
-    assert_printed_above(NOTEBOOK, "at half the 330 TFLOP/s it reaches with FP16 accumulation",
+    assert_printed_above(NOTEBOOK, "the RTX 4090 reaches 330 TFLOP/s only with FP16 accumulation",
                          "330.3 dense with FP16 accumulate")
     source = NOTEBOOK.read_text()
     assert "chapter 9 shows" not in source and "a few dozen tokens" not in source
+
+
+# --- "A common explanation says ...": each box quotes numbers printed above it, or points at a measured one ---
+
+
+def test_box_memory_bound_is_bandwidth_not_capacity():
+    """§2: a decode step with nothing cached is already at 0.479 FLOP/byte; 512 cached tokens add 8.0 MiB to 50.6."""
+    box = "a decode step with nothing cached already runs at 0.479 FLOP/byte"
+    assert_printed_above(NOTEBOOK, box, re.compile(r"decode, 0 tokens cached +25,436,160 +53,080,064 +0\.479"))
+    assert_printed_above(NOTEBOOK, box, "K and V of 512 cached tokens: 8.0 MiB (8.4 MB), weights: 50.6 MiB")
+    assert forward_flops(CHAPTER, 1, 0) / bytes_moved(CHAPTER, 1, 0, 4) == pytest.approx(0.479, abs=5e-4)
+
+
+def test_box_decode_is_slower_per_token_than_prefill():
+    """§7: the factor is measured, so the box points at the printed line, and an assert checks its direction."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    (timing,) = [c for c in cells if "prefill_per_token = last.prefill_s / last.prompt_len" in "".join(c["source"])]
+    assert "nbval-ignore-output" in timing["metadata"]["tags"]
+    assert "assert last.decode_s > prefill_per_token" in "".join(timing["source"])
+    assert_printed_above(NOTEBOOK, "per token it is the other way round, by the factor printed above",
+                         re.compile(r"decode is \d+× slower per token"))
+
+
+def test_box_throughput_counts_output_tokens():
+    """§8: GPT-2 XL on a T4, batch 8, roofline: prompt and output rates, and the mixed figure for two request mixes,
+    recomputed here by summing every step."""
+    xl = memory.get_preset("gpt2-xl")
+
+    def step(n_new, n_past):
+        return hardware.roofline_time(8 * forward_flops(xl, n_new, n_past), bytes_moved(xl, n_new, n_past, 2, 8),
+                                      T4.fp16_flops, T4.bandwidth)
+
+    rates = {}
+    for P, n_out in ((800, 200), (1000, 24)):
+        prefill, decode = step(P, 0), sum(step(1, P + i) for i in range(n_out - 1))
+        rates[P] = [round(x) for x in (8 * P / prefill, 8 * (n_out - 1) / decode, 8 * (P + n_out) / (prefill + decode))]
+    assert rates == {800: [19370, 481, 2196], 1000: [19022, 457, 9951]}
+    box = "at batch 8 prompts go through at 19,370 tokens/s and output at 481"
+    for line in ("prompts 19,370 tokens/s, output 481 tokens/s; both counted together 2,196",
+                 "prompts 19,022 tokens/s, output 457 tokens/s; both counted together 9,951"):
+        assert_printed_above(NOTEBOOK, box, line)
+
+
+def test_server_cpu_ridges_are_computed_from_their_spec_sheets():
+    """§4: 'a large server's ridge is higher': 16 and 23 FLOP/byte, against a few on this 2-core machine."""
+    epyc = hardware.ridge_point(96 * 2.4e9 * 32, 12 * 4.8e9 * 8)
+    xeon = hardware.ridge_point(56 * 2.0e9 * 64, 8 * 4.8e9 * 8)
+    assert (round(epyc), round(xeon)) == (16, 23)
+    assert_printed_above(NOTEBOOK, "passes the ridge at about twice the ridge point in tokens",
+                         "AMD EPYC 9654 (96 cores, 12 × DDR5-4800): 7.4 TFLOP/s, 461 GB/s, ridge point 16 FLOP/byte")
+    assert_printed_above(NOTEBOOK, "passes the ridge at about twice the ridge point in tokens",
+                         "8 × DDR5-4800): 7.2 TFLOP/s, 307 GB/s, ridge point 23 FLOP/byte")
+
+
+def test_last_level_cache_is_printed_not_assumed():
+    """§1: the weights are compared with this machine's last-level cache, printed from /sys, not with 'most CPUs'."""
+    source = NOTEBOOK.read_text()
+    assert "most CPUs" not in source
+    assert_printed_above(NOTEBOOK, "exceed the last-level cache printed above", "this CPU's last-level cache: ")
