@@ -46,9 +46,9 @@ import torch
 from .checks import check_int, check_one_of, check_tensor, check_type
 from .model import GPTConfig, TinyGPT
 
-__all__ = ["TESTED_MAJOR", "weight_names", "to_gpt2_config", "from_gpt2_config", "to_transformers", "from_transformers",
-           "cache_argument_name", "forward", "cache_nbytes", "ApiRow", "cache_api_table", "format_api_table",
-           "captured_messages"]
+__all__ = ["TESTED_MAJOR", "weight_names", "format_weight_map", "to_gpt2_config", "from_gpt2_config",
+           "to_transformers", "from_transformers", "cache_argument_name", "forward", "cache_nbytes", "ApiRow",
+           "cache_api_table", "format_api_table", "captured_messages"]
 
 TESTED_MAJOR = 5  # the major version of transformers this module is tested with (pyproject: transformers>=5,<6)
 
@@ -136,6 +136,27 @@ def weight_names(config: GPTConfig) -> list[tuple[str, str, bool]]:
             names += [(f"blocks.{i}.{mine}.weight", f"transformer.h.{i}.{theirs}.weight", True),
                       (f"blocks.{i}.{mine}.bias", f"transformer.h.{i}.{theirs}.bias", False)]
     return names
+
+
+def format_weight_map(model: TinyGPT, hf_model: GPT2LMHeadModel, block: int = 0) -> str:
+    """`weight_names` for the embeddings, the final LayerNorm and one block, with each tensor's shape on both sides.
+
+    The map a chapter prints to show the conversion: the same tensors under other names, and the Linear/Conv1D
+    weights transposed. One block stands for all, which have the same layout; the tied LM head ends the list.
+    """
+    check_type("model", model, TinyGPT, "a kvlab.TinyGPT")
+    check_type("hf_model", hf_model, GPT2LMHeadModel, "a transformers.GPT2LMHeadModel")
+    block = check_int("block", block, 0, model.config.n_layer - 1)
+    ours, theirs = model.state_dict(), hf_model.state_dict()
+
+    def line(name: str, shape: str, hf_name: str, transposed: bool) -> str:
+        hf_shape = str(tuple(theirs[hf_name].shape))
+        return f"{name:25} {shape:9} -> {hf_name:34} {hf_shape:9}" + ("  transposed" if transposed else "")
+
+    lines = [line(name, str(tuple(ours[name].shape)), hf_name, transposed)
+             for name, hf_name, transposed in weight_names(model.config)
+             if name.startswith(f"blocks.{block}.") or not name.startswith("blocks.")]
+    return "\n".join(lines + [line("(tied LM head)", "", "lm_head.weight", False)])
 
 
 @torch.no_grad()

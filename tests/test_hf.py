@@ -248,6 +248,32 @@ def test_weight_names_cover_every_tensor_once(hello):
 
 
 @needs_hf
+def test_format_weight_map_shows_one_block_with_both_shapes(hello, hello_hf):
+    """Chapter 07's map: embeddings, final LayerNorm, the chosen block and the tied head, one line each, with the
+    four Linear/Conv1D weights of the block marked transposed and their shapes swapped."""
+    model, _ = hello
+    lines = hf.format_weight_map(model, hello_hf, block=2).splitlines()
+    assert len(lines) == 4 + 12 + 1  # wte, wpe, ln_f (2); per block 2 LayerNorms (4) and 4 Linears (8); lm_head
+    assert not any(line.startswith(("blocks.0.", "blocks.1.", "blocks.3.")) for line in lines)
+    transposed = [line.split()[0] for line in lines if line.endswith("transposed")]
+    assert transposed == [f"blocks.2.{m}.weight" for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")]
+    qkv = next(line for line in lines if line.startswith("blocks.2.attn.qkv.weight"))
+    assert "(192, 64) -> transformer.h.2.attn.c_attn.weight (64, 192)" in qkv
+    assert lines[-1].startswith("(tied LM head)") and "lm_head.weight" in lines[-1]
+
+
+@needs_hf
+def test_format_weight_map_checks_its_arguments(hello, hello_hf):
+    model, _ = hello
+    with pytest.raises(ValueError, match="block must be an int in 0..3, got 4"):
+        hf.format_weight_map(model, hello_hf, block=4)
+    with pytest.raises(TypeError, match="block must be"):
+        hf.format_weight_map(model, hello_hf, block=1.0)
+    with pytest.raises(TypeError, match="hf_model must be a transformers.GPT2LMHeadModel"):
+        hf.format_weight_map(model, model)
+
+
+@needs_hf
 def test_dynamic_cache_shapes_length_and_bytes(hello, hello_hf):
     model, tokenizer = hello
     c = model.config
