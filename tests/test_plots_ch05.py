@@ -46,3 +46,27 @@ def test_a_model_without_a_flop_line_gets_a_line_style_key():
 def test_plot_cache_savings_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_plot_step_time_vs_length_draws_milliseconds_and_pairs_colours():
+    """Measured series as markers, estimates dashed in the colour of the measured series at the same place."""
+    measured = {"cached": (T, [0.010, 0.010, 0.011]), "uncached": (T, [0.010, 0.012, 0.020])}
+    fig = plots.plot_step_time_vs_length(measured, {"cached, roofline": (T, [0.003] * 3),
+                                                    "uncached, roofline": (T, [0.003] * 3)})
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["uncached"].get_ydata()) == pytest.approx([10.0, 12.0, 20.0])  # seconds shown as ms
+    assert lines["cached"].get_marker() == "o" and lines["cached, roofline"].get_linestyle() == "--"
+    assert lines["uncached"].get_color() == lines["uncached, roofline"].get_color() != lines["cached"].get_color()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 10
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: plots.plot_step_time_vs_length({}), ValueError, "measured"),
+    (lambda: plots.plot_step_time_vs_length({"a": (T, [1, 2])}), ValueError, "measured"),
+    (lambda: plots.plot_step_time_vs_length({"a": (T, [1, 1, 1])}, {"b": (T, [0, 1, 1])}), ValueError, "estimated"),
+])
+def test_plot_step_time_vs_length_bad_input_raises(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -23,7 +23,14 @@ from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quali
 from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
 from .generation import plot_positions_per_step, plot_step_times, plot_throughput
 from .memory import plot_cache_vs_weights, plot_kv_heads, plot_memory_report
-from .roofline import plot_batch_sweep, plot_cache_savings, plot_intensity, plot_roofline, plot_ttft_tpot
+from .roofline import (
+                       plot_batch_sweep,
+                       plot_cache_savings,
+                       plot_intensity,
+                       plot_roofline,
+                       plot_step_time_vs_length,
+                       plot_ttft_tpot,
+)
 from .serving import plot_paging_waste
 
 __all__: list[str] = [
@@ -32,6 +39,7 @@ __all__: list[str] = [
     "copied_bytes_vs_length",  # chapter 03
     "plot_cost_vs_length", "plot_cache_speedup", "plot_cost_split",  # chapter 04
     "plot_intensity", "plot_roofline", "plot_ttft_tpot", "plot_batch_sweep", "plot_cache_savings",  # chapter 05
+    "plot_step_time_vs_length",
     "plot_cache_vs_weights", "plot_kv_heads", "plot_memory_report",  # chapter 06
     "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 08
     "plot_paging_waste",  # chapter 09

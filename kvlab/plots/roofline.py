@@ -182,3 +182,28 @@ def plot_cache_savings(flops_saved, time_saved, measured=None, ax=None, title: s
     ax.grid(True, which="major", alpha=0.3)
     legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
+
+
+def plot_step_time_vs_length(measured, estimated=None, ax=None, title: str | None = None):
+    """Milliseconds of one forward against the sequence length t, log-log: measured (markers) and roofline (dashed).
+
+    `measured` and `estimated` map a label to (lengths t, seconds). With a cache a step feeds 1 token, without one
+    all t, so the two lines show where re-feeding starts to cost time: where the uncached line leaves the cached one.
+    Each estimate takes the colour of the measured series listed at the same place.
+    """
+    measured = _checks.check_xy_series("measured", measured, required=True)
+    estimated = _checks.check_xy_series("estimated", estimated)
+    fig, ax = axes(ax)
+    for i, (label, (xs, ys)) in enumerate(measured.items()):
+        ax.plot(xs, [y * 1e3 for y in ys], "o-", color=f"C{i}", ms=4, label=label)
+    for i, (label, (xs, ys)) in enumerate(estimated.items()):
+        ax.plot(xs, [y * 1e3 for y in ys], "--", color=f"C{i}", lw=1.2, label=label)
+    ax.set_xscale("log", base=2)
+    plain_log2_ticks(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length t")
+    ax.set_ylabel("one forward (ms)")
+    ax.set_title(title or "Time of one step with and without a cache")
+    ax.grid(True, which="major", alpha=0.3)
+    legend(ax)
+    return fig

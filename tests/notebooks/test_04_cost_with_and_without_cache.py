@@ -62,7 +62,7 @@ def test_attention_bottleneck_box_quotes_the_table():
     rows = (r"GPT-2 small +768 +12 +4,608 +6,702 +1,024 +13\.3%",
             r"GPT-3 175B +12,288 +96 +73,728 +73,990 +2,048 +2\.7%")
     for row in rows:
-        assert_printed_above(NOTEBOOK, "**A common explanation says** that attention, whose cost grows like t²",
+        assert_printed_above(NOTEBOOK, "**A common explanation says** that attention, whose cost grows like t² without",
                              re.compile(row))
     assert_printed_above(NOTEBOOK, "only beyond t* (6,702 and 73,990 tokens)", "6,702")
 
