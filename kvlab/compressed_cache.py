@@ -321,7 +321,7 @@ class SinkCache(EvictionCache):
     those say, because softmax must put its weight somewhere; evicting them (a plain sliding window) breaks the model
     as soon as the text is longer than the window, while keeping a few of them keeps it working. `window` counts the
     sinks too, so a `SinkCache` and a `SlidingWindowCache` with the same `window` hold the same number of tokens.
-    StreamingLLM also renumbers positions inside the cache, which needs rotary positions: kvlab's `Llama` (chapter 10)
+    StreamingLLM also renumbers positions inside the cache, which needs rotary positions: kvlab's `Llama` (chapter 11)
     reads `stores_unrotated_keys`, hands this cache keys before rotation and turns each one to its slot at every step.
     TinyGPT has learned absolute positions and ignores the flag: there every token keeps its position in the text.
     """

@@ -2,7 +2,7 @@
 
 `causal_mask` (chapter 03) lets new queries that follow cached keys see the whole past; `attention` (chapters 02
 and 03) is softmax(q kᵀ / √d) v spelled out, for the legacy path and the chapters to compare with the fused
-kernel; `padding_mask` (chapter 09) lets rows of different lengths share one batch. They live here, not in
+kernel; `padding_mask` (chapter 10) lets rows of different lengths share one batch. They live here, not in
 `kvlab.model`, so that the model file reads top to bottom as the model; the model imports the two masks it uses.
 """
 
@@ -34,10 +34,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return scores.softmax(dim=-1) @ v  # (B, H, T_new, D)
 
 
-# --- chapter 09: rows of different lengths in one batch ---
+# --- chapter 10: rows of different lengths in one batch ---
 
 def padding_mask(attention_mask: torch.Tensor, n_new: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions (B, n_new) and attention mask (B, 1, n_new, S) for rows padded to one length (chapter 9).
+    """Positions (B, n_new) and attention mask (B, 1, n_new, S) for rows padded to one length (chapter 10).
 
     `attention_mask` (B, S) covers all S = cached + new tokens: 1 for a real token, 0 for padding. A token's
     position counts only the real tokens before it, and a query sees its causal past minus the padding, so each

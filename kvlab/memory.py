@@ -476,7 +476,7 @@ DEEPSEEK_V2 = MLAShape("DeepSeek-V2", n_layer=60, n_head=128, head_dim=128, kv_l
                               "deepseek-ai/DeepSeek-V2 config.json")
 
 
-# --- chapter 09: serving many requests ---
+# --- chapter 10: serving many requests ---
 
 
 def _token_counts(lengths: object) -> list[int]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .cache import Cache
 from .checks import check_int, check_tensor
-from .masks import causal_mask, padding_mask  # chapters 03 and 09; re-exported: `kvlab.model.causal_mask` works
+from .masks import causal_mask, padding_mask  # chapters 03 and 10; re-exported: `kvlab.model.causal_mask` works
 
 __all__ = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "TinyGPT", "feeding", "conv1d_layout"]
 
@@ -161,7 +161,7 @@ class TinyGPT(nn.Module):
 
         With a cache, `idx` holds only the tokens the cache has not seen; they are placed after the cached ones.
         The same call does prefill (T > 1) and decode (T = 1). `attention_mask` (B, cached + T), 1 for real tokens
-        and 0 for padding (Hugging Face's convention), lets rows of different lengths share a batch (chapter 9).
+        and 0 for padding (Hugging Face's convention), lets rows of different lengths share a batch (chapter 10).
 
         A decode loop calls this once per token, so its checks cost O(1) (types and lengths, as nanoGPT's one
         assert): none reads every id. A bad id still gets a clear error, from the embedding lookup (`_embed`).
@@ -204,7 +204,7 @@ class TinyGPT(nn.Module):
                              f"exceeds max_seq_len={self.config.max_seq_len}")
         if token_ids:
             self._check_token_ids(idx)
-        if attention_mask is not None:  # chapter 9's padded batches
+        if attention_mask is not None:  # chapter 10's padded batches
             if not isinstance(attention_mask, torch.Tensor):  # the type's name only: the mask may be long
                 raise TypeError(f"attention_mask must be a torch.Tensor of 1s and 0s, "
                                 f"got {type(attention_mask).__name__}")

@@ -25,7 +25,7 @@ decode step (equality with the caches' token-by-token decode is tested in tests/
 Heavy hitters (H2O, `HeavyHitterCache`) have no such pass: which tokens they keep depends on attention summed step
 by step over what they kept before, which no mask fixed in advance reproduces. `cache_losses` measures any cache
 the slow, direct way, one model call per token; `record_heavy_hitters` runs H2O so, and `RecordedRun` saves and
-loads the result (chapter 10 reads a run the package ships, which tests/test_streaming.py recomputes).
+loads the result (chapter 11 reads a run the package ships, which tests/test_streaming.py recomputes).
 
 Each policy is an attention function ``attend(q, k, v, rope) -> y``: queries (B, H, T, D) and keys, values
 (B, H_kv, T, D) of all T tokens, before rotation, and the model's `RotaryEmbedding`. `forward_with_attention` runs a
@@ -53,7 +53,7 @@ __all__ = ["window_mask", "full_attention", "sliding_window", "attention_sinks",
            "forward_with_attention", "PolicyRun", "token_losses", "cache_losses", "RecordedRun",
            "record_heavy_hitters", "SHIPPED_HEAVY_HITTERS", "rolling_perplexity", "first_token_attention"]
 
-SHIPPED_HEAVY_HITTERS = Path(__file__).parent / "data" / "smollm2_heavy_hitters.json"  # chapter 10's H2O row
+SHIPPED_HEAVY_HITTERS = Path(__file__).parent / "data" / "smollm2_heavy_hitters.json"  # chapter 11's H2O row
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, RotaryEmbedding], torch.Tensor]
 
@@ -288,7 +288,7 @@ class RecordedRun:
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED_HEAVY_HITTERS) -> RecordedRun:
-        """Read a run written by `save` (by default the heavy-hitter run chapter 10 shows)."""
+        """Read a run written by `save` (by default the heavy-hitter run chapter 11 shows)."""
         record = json.loads(Path(path).read_text(encoding="utf-8"))
         run = PolicyRun(torch.tensor(record["losses"], dtype=torch.float32), torch.tensor(record["predictions"]))
         return cls(run, torch.tensor([record["token_ids"]]), record["settings"], record["findings"])

@@ -68,7 +68,7 @@ def by_hand(c) -> tuple[int, int]:
     return dense, c.n_layer * 4 * d
 
 
-# --- chapter 08: keys that show which positions a cache holds ---
+# --- chapter 09: keys that show which positions a cache holds ---
 
 def position_keys(start: int, n: int, B: int = 2, H: int = 3, D: int = 4) -> torch.Tensor:
     """(B, H, n, D) keys whose every number is the token's position: what a cache holds can be read off."""

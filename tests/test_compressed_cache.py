@@ -1,4 +1,4 @@
-"""kvlab.compressed_cache (chapter 08): quantised and evicting caches hold exactly what they claim.
+"""kvlab.compressed_cache (chapters 08 and 09): quantised and evicting caches hold exactly what they claim.
 
 Bytes are counted by hand in the comments, never copied from a run. What every cache does is in
 test_cache_contract.py; this file holds what only a lossy cache does.

@@ -74,7 +74,7 @@ def test_lean_generate_on_gpu_gives_generates_tokens(hello_cuda):
     assert out16.device.type == "cuda" and torch.equal(out16, kvlab.generate(model16, prompt, 20))
 
 
-# --- chapter 08: compressing the cache -------------------------------------------------------------------------------
+# --- chapters 08 and 09: compressing the cache ------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -405,7 +405,7 @@ def test_memory_bad_input(call, error, message):
         call()
 
 
-# --- chapter 09: serving many requests -------------------------------------------------------------------------------
+# --- chapter 10: serving many requests -------------------------------------------------------------------------------
 
 
 def test_reserved_tokens_by_hand():

@@ -207,7 +207,7 @@ def test_grouped_query_attention_equals_multi_head_with_each_kv_head_repeated(n_
     assert cache.keys[0].shape[1] == n_kv_head  # the cache holds the unrepeated heads
 
 
-# --- chapter 09: serving many requests -------------------------------------------------------------------------------
+# --- chapter 10: serving many requests -------------------------------------------------------------------------------
 
 
 def test_padding_mask_by_hand():

@@ -1,4 +1,4 @@
-"""kvlab.paged_cache (chapter 09): block pool, paged cache, prefix sharing with copy-on-write.
+"""kvlab.paged_cache (chapter 10): block pool, paged cache, prefix sharing with copy-on-write.
 
 The paged cache is lossless, so every test compares with a DynamicCache; byte counts are worked out by hand.
 """

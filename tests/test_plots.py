@@ -374,7 +374,7 @@ def test_memory_plots_bad_input(call, error, message):
         call()
 
 
-# --- chapter 08: compressing the cache -------------------------------------------------------------------------------
+# --- chapter 09: evicting tokens --------------------------------------------------------------------------------------
 
 
 def test_plots_draw_one_line_or_point_per_strategy():
@@ -425,7 +425,7 @@ def test_the_shared_validator_names_where_the_bad_value_sits(call, error, parame
         call()
 
 
-# --- chapter 09: serving many requests -------------------------------------------------------------------------------
+# --- chapter 10: serving many requests -------------------------------------------------------------------------------
 
 
 def test_plot_paging_waste_draws_and_checks_its_input():

@@ -1,4 +1,4 @@
-"""kvlab.quality (chapter 08): what a lossy cache costs, checked on caches that lose nothing and by hand."""
+"""kvlab.quality (chapters 08 and 09): what a lossy cache costs, checked on caches that lose nothing and by hand."""
 
 from __future__ import annotations
 

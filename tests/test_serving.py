@@ -1,4 +1,4 @@
-"""kvlab.serving (chapter 09): a padded batch gives each prompt's own logits, and the head-split cache shards heads.
+"""kvlab.serving (chapter 10): a padded batch gives each prompt's own logits, and the head-split cache shards heads.
 
 Every strategy is lossless, so every test compares with the plain path (a DynamicCache, or each prompt alone).
 """

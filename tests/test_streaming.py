@@ -244,7 +244,7 @@ def test_quantized_one_forward_matches_the_real_cache_up_to_flipped_codes(smol, 
 
 
 def test_the_shipped_heavy_hitter_run_is_what_the_cache_computes(smol):
-    """Chapter 10 shows a recorded H2O run (576 decode steps: too slow for the chapter). Recompute it here; float
+    """Chapter 11 shows a recorded H2O run (576 decode steps: too slow for the chapter). Recompute it here; float
     rounding on another machine may flip a near-tie among the evicted tokens, hence close, not equal."""
     model, tokenizer = smol
     shipped = RecordedRun.load(SHIPPED_HEAVY_HITTERS)

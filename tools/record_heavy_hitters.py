@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record chapter 10's heavy-hitter (H2O) run: SmolLM2 reads 768 tokens through a HeavyHitterCache(192).
+"""Record chapter 11's heavy-hitter (H2O) run: SmolLM2 reads 768 tokens through a HeavyHitterCache(192).
 
 H2O has no one-pass version (see kvlab.streaming), and 576 decode steps take over a minute on two cores, too long
 for the chapter, so the package ships the run and tests/test_streaming.py recomputes it. Maintainers only:
@@ -17,7 +17,7 @@ import torch
 
 from kvlab import smollm2, streaming
 
-TEXT, N_TOKENS, BUDGET = "execmodel", 768, 192  # chapter 10's text, length and budget
+TEXT, N_TOKENS, BUDGET = "execmodel", 768, 192  # chapter 11's text, length and budget
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     cost         chapter 04   FLOPs and seconds against length, the cache's saving, dense vs attention FLOPs
     roofline     chapter 05   arithmetic intensity, the roofline, TTFT/TPOT, the batch sweep, FLOPs vs time saved
     memory       chapter 06   the cache against the weights, bytes per K/V head, one GPU's memory report
-    compression  chapter 08   quality against budget, bytes held per step, memory against quality
-    serving      chapter 09   the waste of paged and contiguous caches
-    ch10         chapter 10   attention on the first token per layer and head, perplexity past the budget
+    compression  chapter 09   quality against budget, bytes held per step, memory against quality
+    serving      chapter 10   the waste of paged and contiguous caches
+    ch10         chapter 11   attention on the first token per layer and head, perplexity past the budget
 """
 
 from .attention import plot_attention_weights, plot_cache_step
@@ -41,7 +41,7 @@ __all__: list[str] = [
     "plot_intensity", "plot_roofline", "plot_ttft_tpot", "plot_batch_sweep", "plot_cache_savings",  # chapter 05
     "plot_step_time_vs_length",
     "plot_cache_vs_weights", "plot_kv_heads", "plot_memory_report",  # chapter 06
-    "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 08
-    "plot_paging_waste",  # chapter 09
-    "plot_first_token_attention", "plot_rolling_perplexity",  # chapter 10
+    "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 09
+    "plot_paging_waste",  # chapter 10
+    "plot_first_token_attention", "plot_rolling_perplexity",  # chapter 11
 ]

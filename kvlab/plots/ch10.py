@@ -1,4 +1,4 @@
-"""Chapter 10 · a real model: where its attention goes, and its perplexity as a long text outgrows the cache."""
+"""Chapter 11 · a real model: where its attention goes, and its perplexity as a long text outgrows the cache."""
 
 from __future__ import annotations
 

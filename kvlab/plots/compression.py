@@ -1,4 +1,5 @@
-"""Chapter 08 · compressing the cache: quality against budget, bytes held per step, memory against quality."""
+"""Chapter 09 · evicting tokens: quality against budget, bytes held per step, memory against quality (eviction
+next to chapter 08's quantised caches)."""
 
 from __future__ import annotations
 

