@@ -1,6 +1,7 @@
 """The set-up promises of the README: pyproject, environment.yml and the floors file (tools/floors.txt) agree, CI
 runs the README's test command, and `import kvlab` stays light."""
 
+import json
 import re
 import subprocess
 import sys
@@ -155,3 +156,26 @@ def test_readme_gives_each_chapters_minutes_from_its_prose():
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     assert set(rows) == {nb.stem for nb in notebooks}, "every chapter has one README row with its minutes"
     assert {nb.stem: chapter_minutes(nb) for nb in notebooks} == rows, "recount with chapter_minutes"
+
+
+MAX_PROSE_WORDS = 2_460  # "no chapter over about 2,400 words of prose" (issue 15): 2,400 with 2.5% slack
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_no_chapter_is_longer_than_a_sitting(notebook):
+    """Prose words as chapter_minutes counts them: a longer chapter is split (as 08 and 09 were) or trimmed."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    words = sum(len("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+    assert words <= MAX_PROSE_WORDS, f"{notebook.name}: {words} words of prose"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_nbval_markers_are_tags_with_a_reason(notebook):
+    """Learners see the course's code, not nbval's comment markers; a cell whose output is not compared says why."""
+    for i, cell in enumerate(json.loads(notebook.read_text(encoding="utf-8"))["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        assert "NBVAL_" not in source, f"cell {i}: use the nbval-ignore-output / raises-exception tags"
+        if "nbval-ignore-output" in cell["metadata"].get("tags", []):
+            assert source.startswith("# "), f"cell {i}: an ignored cell starts with a comment saying why"
