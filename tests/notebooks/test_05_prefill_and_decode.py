@@ -264,3 +264,38 @@ def test_recording_script_times_both_ways():
     assert len(timed["cached_step_s"]) == len(timed["uncached_step_s"]) == 3
     assert all(s > 0 for s in timed["cached_step_s"] + timed["uncached_step_s"])
     assert set(tool.generation_times(model, 4)) == {"cached_s", "uncached_s"}
+
+
+def test_benchmarks_readme_quotes_the_recorded_gpu_run():
+    """benchmarks/README.md's GPU paragraph: every number recomputed from the recorded JSON."""
+    record = json.loads(RECORD.read_text())
+    text = " ".join((RECORD.parents[1] / "README.md").read_text().split())
+    llama, small = record["models"]["Llama 2 7B"], record["models"]["GPT-2 small"]
+    shape = _recorded_shape("Llama 2 7B", llama)
+    peak, bandwidth = record["measured_peak_flops"], record["measured_bandwidth"]
+    (estimate,) = hardware.cache_savings(shape, [1000], peak, bandwidth, 2)
+    ratios = [u / c for t, c, u in zip(llama["lengths"], llama["cached_step_s"], llama["uncached_step_s"]) if t <= 768]
+    roof_1 = hardware.decode_step_seconds(shape, 1, peak, bandwidth, bytes_per_elem=2)
+    diagnosis = record["diagnosis"]
+    quoted = [f"{peak / 1e12:.0f} TFLOP/s (bf16 matmul) and {bandwidth / 1e12:.2f} TB/s (read)",
+              f"{llama['n_params'] / 1e9:.2f} billion weights",
+              f"1,000 tokens took {llama['generation']['cached_s']:.1f} s with the cache and "
+              f"{llama['generation']['uncached_s']:.1f} s without",
+              f"{llama['generation']['uncached_s'] / llama['generation']['cached_s']:.2f}× less time for "
+              f"{estimate.flops_ratio:.0f}× fewer FLOPs",
+              f"below the roofline's {estimate.time_ratio:.2f}×",
+              f"a cached step took {llama['cached_step_s'][0] * 1e3:.1f} ms where its "
+              f"{llama['n_params'] * 2 / 1e9:.1f} GB of weights need {roof_1 * 1e3:.1f} ms",
+              f"took {min(ratios):.2f} to {max(ratios):.2f} of the cached step's time",
+              f"at 4,096 it took {llama['uncached_step_s'][-1] * 1e3:.0f} ms, the cached one "
+              f"{llama['cached_step_s'][-1] * 1e3:.0f} ms",
+              f"{small['generation']['cached_s']:.1f} s against {small['generation']['uncached_s']:.1f} s "
+              f"({small['generation']['uncached_s'] / small['generation']['cached_s']:.2f}×)",
+              f"took {diagnosis['gpt2_small_generation_200_cudnn_sdp_on']['cached_s']:.1f} s instead of "
+              f"{diagnosis['gpt2_small_generation_200_cudnn_sdp_off']['cached_s']:.2f} s"]
+    for phrase in quoted:
+        assert phrase in text, phrase
+    slower = (diagnosis["gpt2_small_generation_200_cudnn_sdp_on"]["cached_s"]
+              / diagnosis["gpt2_small_generation_200_cudnn_sdp_off"]["cached_s"])
+    main_readme = " ".join((RECORD.parents[2] / "README.md").read_text().split())
+    assert f"({slower:.0f} times slower on an H200)" in main_readme
