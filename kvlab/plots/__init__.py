@@ -9,20 +9,21 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
     attention    chapter 02   attention weights, the scores a cache saves at one step
     cache        chapter 03   bytes copied by a cache against its length
     cost         chapter 04   FLOPs and seconds against length, the cache's saving, dense vs attention FLOPs
-    roofline     chapter 05   arithmetic intensity, the roofline, TTFT/TPOT, the batch sweep, FLOPs vs time saved
+    roofline     chapter 05   arithmetic intensity, the roofline, TTFT/TPOT, the batch sweep, FLOPs vs time saved,
+                              one step's time against the length
     memory       chapter 06   the cache against the weights, bytes per K/V head, one GPU's memory report
     compression  chapter 09   quality against budget, bytes held per step, memory against quality
     serving      chapter 10   the waste of paged and contiguous caches
-    ch10         chapter 11   attention on the first token per layer and head, perplexity past the budget
+    real_model   chapter 11   attention on the first token per layer and head, perplexity past the budget
 """
 
 from .attention import plot_attention_weights, plot_cache_step
 from .cache import copied_bytes_vs_length
-from .ch10 import plot_first_token_attention, plot_rolling_perplexity
 from .compression import plot_bytes_per_step, plot_memory_vs_quality, plot_quality_vs_budget
 from .cost import plot_cache_speedup, plot_cost_split, plot_cost_vs_length
 from .generation import plot_positions_per_step, plot_step_times, plot_throughput
 from .memory import plot_cache_vs_weights, plot_kv_heads, plot_memory_report
+from .real_model import plot_first_token_attention, plot_rolling_perplexity
 from .roofline import (
                        plot_batch_sweep,
                        plot_cache_savings,

@@ -1,4 +1,4 @@
-"""kvlab.plots.ch10: chapter 11's figures draw what they are given and refuse what they cannot draw."""
+"""kvlab.plots.real_model: chapter 11's figures draw what they are given and refuse what they cannot draw."""
 
 from __future__ import annotations
 
