@@ -16,9 +16,9 @@ when the block pool has room. Same model, same requests: only the decision of wh
 requests admitted together can outgrow the pool. The scheduler then preempts the request admitted last. vLLM offers
 two remedies: *swap* its blocks to CPU memory and back, or *recompute*: drop its blocks, put it back at the head of
 the queue, and later prefill its prompt plus the tokens it has generated so far. We recompute, as vLLM does by
-default for single sequences: it needs no second memory tier, and re-prefilling is one fast, parallel forward per
-chunk, while a swap moves the same bytes twice over a slower bus. It also keeps correctness easy to see: a resumed
-request is just a longer prompt.
+default for single sequences: it needs no second memory tier, and re-prefilling is a parallel, compute-bound forward
+(chapter 5), which the vLLM paper measured never much slower than swapping, and faster for small blocks, whose many
+small copies waste the CPU-GPU bus. It also keeps correctness easy to see: a resumed request is a longer prompt.
 
 **Design choices where the issue is silent.**
 - *One real forward per step over rows of different lengths.* `PagedCache` keeps one length for all its rows, so it
@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from .cache import Cache
 from .checks import check_int, check_one_of, check_type
@@ -100,33 +99,62 @@ def make_request_stream(n: int, seed: int = 0, *, corpus_ids: Sequence[int] | No
 
 
 class RaggedBatch(Cache):
-    """One step's rows, each with its own cache and length, shown to the model as one cache.
+    """One step's rows, each with its own `PagedCache` and length, shown to the model as one cache.
 
     Row b holds L_b = past_b + n_b tokens after this step (n_b new ones). Rows are right-aligned in a width
-    W = max L_b: row b's keys are W - L_b zeros, then its own L_b keys, and the attention mask (1 = real) hides the
-    zeros, so each row attends to exactly its own tokens at its own positions (`kvlab.masks.padding_mask` counts
-    positions from the mask). The model is fed T = max n_b new columns; row b's newest n_b tokens are the last
-    n_b columns, and the model's outputs at the other T - n_b columns are ignored (their K/V are not stored).
+    W = max L_b, and the attention mask (1 = real) hides the gap on the left of the shorter rows, so each row attends
+    to exactly its own tokens at its own positions (`kvlab.masks.padding_mask` counts positions from the mask). The
+    model is fed T = max n_b new columns; row b's newest n_b tokens are the last n_b columns, and the model's
+    outputs at its other T - n_b columns are ignored (their K/V are not stored).
+
+    All rows' blocks live in one pool, so each layer's `update` is two batched index operations, as in a paged
+    attention kernel: write every row's new K/V into their slots, then read every row's W slots through the block
+    tables (the gap reads the row's first slot; the mask hides it). Its cost barely grows with the number of rows.
     """
 
     def __init__(self, caches: list[PagedCache], n_new: list[int]) -> None:
-        self.caches, self.n_new = caches, n_new
-        self.lengths = [c.get_seq_length() + n for c, n in zip(caches, n_new)]  # L_b after this step
-        self.width, self.n_fed = max(self.lengths), max(n_new)  # W and T
+        self.caches, self.pool = caches, caches[0].pool
+        past = torch.tensor([c.get_seq_length() for c in caches])  # (B,)
+        self.lengths = past + torch.tensor(n_new)  # L_b after this step
+        self.width, self.n_fed = int(self.lengths.max()), max(n_new)  # W and T
+        tables = self._allocate()  # (B, blocks of the longest row): logical block -> physical block
+        block_size, device = self.pool.block_size, self.pool.keys[0].device
+        # where the fed columns' tokens go: column t of row b is position L_b - T + t; only the last n_b are new
+        positions = self.lengths[:, None] - self.n_fed + torch.arange(self.n_fed)  # (B, T)
+        self.is_new = (positions >= past[:, None]).to(device)  # (B, T)
+        positions = positions[positions >= past[:, None]]  # (N,): every new token of every row, row by row
+        rows = torch.arange(len(caches)).repeat_interleave(torch.tensor(n_new))
+        self.write = (tables[rows, positions // block_size].to(device), (positions % block_size).to(device))
+        # what attention reads: column w of row b is position w - (W - L_b); the gap (< 0) reads position 0
+        positions = (torch.arange(self.width) - (self.width - self.lengths)[:, None]).clamp(min=0)  # (B, W)
+        self.read = (tables.gather(1, positions // block_size).to(device), (positions % block_size).to(device))
+
+    def _allocate(self) -> torch.Tensor:
+        """Give every row the blocks its L_b tokens need (ceil(L_b / block_size)); return the padded block tables."""
+        block_size = self.pool.block_size
+        missing = [-(-int(n) // block_size) - len(c.block_tables[0] if c.block_tables else []) for c, n in
+                   zip(self.caches, self.lengths)]
+        if sum(missing) > self.pool.n_free:  # the scheduler preempts before this can happen
+            raise ValueError(f"the block pool is exhausted: this step needs {sum(missing)} more blocks, "
+                             f"{self.pool.n_free} of {self.pool.n_blocks} free")
+        for cache, n in zip(self.caches, missing):
+            cache.block_tables = cache.block_tables or [[]]  # one row per request
+            cache.block_tables[0].extend(self.pool.allocate(n))
+        longest = max(len(c.block_tables[0]) for c in self.caches)
+        return torch.tensor([c.block_tables[0] + [0] * (longest - len(c.block_tables[0])) for c in self.caches])
 
     def attention_mask(self, device: torch.device | None = None) -> torch.Tensor:
         """(B, W): 0 for the gap on the left of each row, 1 for its real tokens."""
-        return torch.tensor([[0] * (self.width - n) + [1] * n for n in self.lengths], device=device)
+        return (torch.arange(self.width) >= self.width - self.lengths[:, None]).long().to(device)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = [], []
-        for b, (cache, n, length) in enumerate(zip(self.caches, self.n_new, self.lengths)):
-            new = slice(self.n_fed - n, self.n_fed)  # row b's real new tokens: the last n columns
-            k, v = cache.update(key[b:b + 1, :, new], value[b:b + 1, :, new], layer_idx)  # (1, H_kv, L_b, D)
-            gap = (0, 0, self.width - length, 0)  # pad the sequence axis on the left
-            keys.append(F.pad(k, gap))
-            values.append(F.pad(v, gap))
-        return torch.cat(keys), torch.cat(values)  # (B, H_kv, W, D)
+        k_pool, v_pool = self.pool.keys[layer_idx], self.pool.values[layer_idx]  # (n_blocks, H_kv, block_size, D)
+        k_pool[self.write[0], :, self.write[1]] = key.transpose(1, 2)[self.is_new]  # (N, H_kv, D): new tokens
+        v_pool[self.write[0], :, self.write[1]] = value.transpose(1, 2)[self.is_new]
+        for cache, length in zip(self.caches, self.lengths.tolist()):
+            cache.lengths[layer_idx] = length
+        k, v = k_pool[self.read[0], :, self.read[1]], v_pool[self.read[0], :, self.read[1]]  # (B, W, H_kv, D)
+        return k.transpose(1, 2), v.transpose(1, 2)  # (B, H_kv, W, D)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.width - self.n_fed  # the model places its T new columns after these
@@ -194,8 +222,9 @@ class ScheduleResult:
     policy: str
     requests: list[RequestMetrics]
     blocks_in_use: list[int]  # pool blocks allocated after each step (index s: after step s)
+    batch_sizes: list[int]  # rows in each step's forward (0: an idle step, nobody to serve)
     n_blocks: int
-    steps: int  # steps until the last request finished, idle steps included
+    steps: int  # steps until the last request finished, idle steps included (throughput is per step of this clock)
     forwards: int  # steps that ran the model
     wall_s: float
 
@@ -273,13 +302,13 @@ class Scheduler:
         self.waiting: list[_Sequence] = []  # arrived, not running: first come, first served
         self.running: list[_Sequence] = []  # in the batch, oldest admission first
         self.finished: list[_Sequence] = []
-        self.clock, self.forwards, self.blocks_in_use = 0, 0, []
+        self.clock, self.forwards, self.blocks_in_use, self.batch_sizes = 0, 0, [], []
         self.start = _now(self.pool.keys[0].device)
         while self.pending or self.waiting or self.running:
             self.step()
         metrics = sorted((s.metrics for s in self.finished), key=lambda m: m.id)
-        return ScheduleResult(self.policy, metrics, self.blocks_in_use, self.pool.n_blocks, self.clock,
-                              self.forwards, _now(self.pool.keys[0].device) - self.start)
+        return ScheduleResult(self.policy, metrics, self.blocks_in_use, self.batch_sizes, self.pool.n_blocks,
+                              self.clock, self.forwards, _now(self.pool.keys[0].device) - self.start)
 
     def step(self) -> None:
         """One iteration: arrivals queue up, the batch is chosen (preempting if the pool is short), one forward."""
@@ -289,6 +318,7 @@ class Scheduler:
         preempted = self._make_room()
         if not preempted and (self.policy == "continuous" or not self.running):  # static: only an empty batch
             self._admit()
+        self.batch_sizes.append(len(self.running))
         if self.running:
             self._forward()
         self.blocks_in_use.append(self.pool.n_allocated)

@@ -47,7 +47,8 @@ def _check_run(result, requests, alone, pool):
         assert m.tokens == alone[m.id], f"request {m.id} got other tokens than alone"
         assert m.arrival < m.first_token_step <= m.finish_step <= result.steps
     assert pool.n_allocated == 0, "blocks leaked"
-    assert len(result.blocks_in_use) == result.steps
+    assert len(result.blocks_in_use) == len(result.batch_sizes) == result.steps
+    assert result.forwards == sum(n > 0 for n in result.batch_sizes)
     assert max(result.blocks_in_use) <= pool.n_blocks
 
 
@@ -60,6 +61,7 @@ def test_every_request_gets_the_tokens_it_gets_alone(hello, stream, policy, chun
                           chunk_size=chunk_size)
     result = scheduler.run(requests)
     _check_run(result, requests, alone, scheduler.pool)
+    assert max(result.batch_sizes) == 4
     assert result.output_tokens == sum(r.max_new_tokens for r in requests)
     if n_blocks == 9:  # the tiny pool: requests outgrow it and some are preempted, then resume
         assert result.preemptions > 0
@@ -95,8 +97,9 @@ def test_by_hand_steps_ttft_tpot_and_blocks(hello):
     assert [(m.ttft_steps, m.tpot_steps, m.finish_step) for m in together.requests] == [(1, 1.0, 3), (1, 1.0, 5)]
     # after step 0: 6 cached tokens -> 2 blocks, 3 -> 1; then 7, 4 -> 2 + 1; 8, 5 -> 2 + 2; A leaves after step 2
     assert together.blocks_in_use == [3, 3, 2, 2, 0]
+    assert together.batch_sizes == [2, 2, 2, 1, 1]
     one_at_a_time = run_schedule(model, requests, policy="static", max_batch=1, n_blocks=8, block_size=4)
-    assert one_at_a_time.steps == 3 + 5
+    assert one_at_a_time.steps == 3 + 5 and one_at_a_time.batch_sizes == [1] * 8
     assert [(m.ttft_steps, m.finish_step) for m in one_at_a_time.requests] == [(1, 3), (4, 8)]
     summary = one_at_a_time.summary()
     assert summary["tokens_per_step"] == 8 / 8 and together.summary()["tokens_per_step"] == 8 / 5
