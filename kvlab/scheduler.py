@@ -29,7 +29,9 @@ small copies waste the CPU-GPU bus. It also keeps correctness easy to see: a res
   step is one forward over the batch, mixing 1-token decodes and prefill chunks; greedy tokens equal `kvlab.generate`
   on each request alone. (Production kernels skip the padding: they read each row's blocks in place.)
 - *The clock counts steps*, so runs are deterministic and comparable on any machine; wall time is also recorded.
-  Arrivals are in steps too, so wall-time latencies measure how long the steps took, not a real-time load.
+  Arrivals are in steps too, so wall-time latencies measure how long the steps took, not a real-time load. A step
+  counts 1 however many tokens it feeds, so chunked prefill's gain (no step is one long prompt) shows only in wall
+  time; in steps, chunking only delays the first token of a long prompt.
 - *Static batching* still frees a finished row's blocks (generous to it), but admits nobody until its batch is done.
 - *Admission* is first come, first served: a waiting request joins if its next chunk's blocks fit; no request
   overtakes an earlier one. A step that preempted admits nobody (the pool is full; admitting would thrash).
@@ -109,7 +111,8 @@ class RaggedBatch(Cache):
 
     All rows' blocks live in one pool, so each layer's `update` is two batched index operations, as in a paged
     attention kernel: write every row's new K/V into their slots, then read every row's W slots through the block
-    tables (the gap reads the row's first slot; the mask hides it). Its cost barely grows with the number of rows.
+    tables (the gap reads the row's first slot; the mask hides it): one operation per layer, not one per row.
+    Requests share no blocks here (no prefix caching), so no block needs a copy before it is written.
     """
 
     def __init__(self, caches: list[PagedCache], n_new: list[int]) -> None:
@@ -193,7 +196,7 @@ class RequestMetrics:
 
     @property
     def tpot_steps(self) -> float:
-        """Time per output token after the first, in steps (1.0 unless the request waited: preempted or chunked)."""
+        """Time per output token after the first, in steps (1.0 unless the request was preempted and waited)."""
         return (self.finish_step - self.first_token_step) / (len(self.tokens) - 1) if len(self.tokens) > 1 else math.nan
 
     @property

@@ -170,6 +170,9 @@ def test_ragged_batch_logits_equal_each_row_alone():
             torch.testing.assert_close(logits[b, -k:], model(torch.tensor([seq]))[0, -k:], **CLOSE)
     assert [c.get_seq_length() for c in caches] == [11, 4, 7]
     assert pool.n_allocated == 4 + 2 + 3  # ceil(11 / 3) + ceil(4 / 3) + ceil(7 / 3)
+    with pytest.raises(ValueError, match="exhausted: this step needs 23 more blocks, 21 of 30 free"):
+        RaggedBatch(caches, [70, 1, 1])  # row 0: 81 tokens need 27 blocks, it holds 4; rows 1, 2 have room
+    assert pool.n_allocated == 9  # refused before any block was taken
 
 
 def test_the_stream_is_deterministic_for_a_seed():
