@@ -13,6 +13,9 @@ requests' tokens into one ragged batch and uses attention kernels that take a le
 **The cache outgrows one device.** Tensor parallelism (Shoeybi et al. 2019, Megatron-LM) splits each attention layer
 by heads: device g computes the queries, keys and values of its own heads, so it caches only those heads' K/V, and
 the bytes per device fall by the parallel degree. `HeadSplitCache` simulates that on one device.
+
+**Requests come and go.** Which requests share each step is the scheduler's choice: `kvlab.scheduler` (its names are
+re-exported here) runs a stream of requests with static or continuous batching, chunked prefill and preemption.
 """
 
 from __future__ import annotations
@@ -27,8 +30,19 @@ from .checks import check_int, check_type
 from .compressed_cache import EvictionCache
 from .generate import _check_arguments, sample_next_token
 from .model import GPTConfig, TinyGPT
+from .scheduler import (  # re-exported: the scheduler is part of serving, in its own module for length
+    RaggedBatch,
+    Request,
+    RequestMetrics,
+    Scheduler,
+    ScheduleResult,
+    make_request_stream,
+    run_schedule,
+)
 
-__all__ = ["pad_left", "generate_batch", "HeadSplitCache"]
+__all__ = ["pad_left", "generate_batch", "HeadSplitCache",
+           "Request", "make_request_stream", "Scheduler", "run_schedule", "ScheduleResult", "RequestMetrics",
+           "RaggedBatch"]
 
 
 def pad_left(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
