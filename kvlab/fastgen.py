@@ -189,6 +189,12 @@ class FastGenCache(Cache):
     ids (to find special and punctuation tokens), and masks the padding of heads that hold fewer tokens.
     `threshold` is the share of attention a policy must recover; `policy` gives every head that policy instead
     (no profiling: the one-rule-for-all baseline the paper compares with).
+
+    The profile is taken on a layer's first call, so feed the prompt in one call: ``model(prompt, cache)``,
+    `kvlab.generate`, or ``quality.decode_token_by_token(..., prefill=len(prompt))``. A prompt fed one token at a
+    time is profiled on its first token, where no policy can drop anything, and every head stays full.
+    What the chapter shows: `policies` (the grid of policy names), `held` (tokens per head), `recovery` (per layer,
+    the share of attention each policy recovered on the prompt), `nbytes` and `allocated_nbytes`.
     """
 
     def __init__(self, threshold: float = 0.95, *, special_ids: Iterable[int] = (), punct_ids: Iterable[int] = (),
