@@ -183,6 +183,22 @@ def test_empty_slots_of_shorter_heads_are_never_attended(hello, texts):
     assert torch.equal(logits[0], logits[1])
 
 
+def test_reorder_cache_moves_each_rows_policies_with_its_tokens(hello, texts):
+    """Each row is profiled on its own prompt, so beam search's reorder must move the policies with the K/V."""
+    model, tokenizer = hello
+    beam_idx, steps = torch.tensor([2, 0, 0, 3]), [texts[:, t:t + 1] for t in range(PREFILL, PREFILL + 6)]
+    logits = []
+    for reorder in (True, False):
+        cache = FastGenCache.for_tokenizer(tokenizer, threshold=0.9)
+        with cache.attach(model), torch.inference_mode():
+            model(texts[:, :PREFILL] if reorder else texts[beam_idx, :PREFILL], cache)
+            if reorder:
+                cache.reorder_cache(beam_idx)
+            logits.append(torch.cat([model(step, cache) for step in steps], dim=1))
+            assert cache.held_of(1) == cache.held_of(2)  # rows 1 and 2 both continue row 0
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-6, rtol=0)
+
+
 def test_generate_runs_with_the_cache_attached(hello):
     model, tokenizer = hello
     prompt = tokenizer.encode_batch("hello there\nthe cache skips the whole prompt\nhello ")
