@@ -139,6 +139,11 @@ def choose_policies(attention: torch.Tensor, marks: torch.Tensor, window: int, n
     """
     check_tensor("attention", attention, dim=4, what="a (B, H, T, T) tensor of attention weights")
     B, H, T, _ = attention.shape
+    if check_tensor("marks", marks, dim=2, what="a (B, T) tensor of marks").shape != (B, T):
+        raise ValueError(f"marks must be (B, T) = {(B, T)} for attention {tuple(attention.shape)}, "
+                         f"got {tuple(marks.shape)}")
+    window, n_frequent = check_int("window", window, 0), check_int("n_frequent", n_frequent, 0)
+    threshold = _check_threshold(threshold)
     positions = torch.arange(T, device=attention.device).expand(B, H, T)
     marks = marks[:, None, :].expand(B, H, T)
     scores = attention.sum(dim=-2)  # (B, H, T): attention each token received from the whole prompt
@@ -171,6 +176,14 @@ def _attention_weights(q: torch.Tensor, keys: torch.Tensor, visible: torch.Tenso
     return scores.softmax(dim=-1).view(B, H_kv, H // H_kv, T_new, S)
 
 
+def _check_threshold(threshold: object) -> float:
+    """The share of attention a policy must recover: 0 < threshold <= 1."""
+    threshold = check_number("threshold", threshold)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be a number with 0 < threshold <= 1, got {threshold!r}")
+    return threshold
+
+
 def _check_fraction_or_count(name: str, value: object) -> float | int:
     """An int >= 0 (tokens) or a float in [0, 1] (a fraction of the prompt)."""
     if isinstance(value, float):
@@ -199,10 +212,7 @@ class FastGenCache(Cache):
 
     def __init__(self, threshold: float = 0.95, *, special_ids: Iterable[int] = (), punct_ids: Iterable[int] = (),
                  window: float | int = 0.3, frequent: float | int = 0.3, policy: str | None = None) -> None:
-        threshold = check_number("threshold", threshold)
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold must be a number with 0 < threshold <= 1, got {threshold!r}")
-        self.threshold = threshold
+        self.threshold = _check_threshold(threshold)
         self.special_ids = frozenset(check_int("special_ids", i, 0) for i in special_ids)
         self.punct_ids = frozenset(check_int("punct_ids", i, 0) for i in punct_ids)
         self.window = _check_fraction_or_count("window", window)

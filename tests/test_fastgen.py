@@ -280,6 +280,16 @@ def test_bad_arguments_are_refused_with_the_value_named(kwargs, error, message):
         FastGenCache(**kwargs)
 
 
+def test_choose_policies_checks_its_arguments():
+    attention, marks = hand_built_heads()
+    with pytest.raises(ValueError, match="marks must be"):
+        choose_policies(attention, marks[:, :5], 1, 2, 0.9)
+    with pytest.raises(ValueError, match="window must be an int >= 0, got -2"):
+        choose_policies(attention, marks, -2, 2, 0.9)
+    with pytest.raises(ValueError, match="threshold.*got 0.0"):
+        choose_policies(attention, marks, 1, 2, 0.0)
+
+
 def test_misuse_gets_clear_errors(hello, texts):
     model, tokenizer = hello
     cache = FastGenCache.for_tokenizer(tokenizer)
