@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .attention_trace import trace_attention
 from .cache import Cache, DynamicCache
 from .checks import check_int, check_tensor, check_type
-from .compressed_cache import HeavyHitterCache, dequantize, quantize
+from .compressed_cache import dequantize, quantize
 from .corpus import make_corpus
 from .llama import Llama
 from .model import TinyGPT
@@ -94,8 +94,8 @@ def decode_token_by_token(model: Model, tokens: torch.Tensor, cache: Cache, *, p
 
     With `prefill` > 1 the first `prefill` tokens go in one call, as a prompt would: the same numbers as one at a
     time for a cache that evicts nothing before it holds them all (a budget of at least `prefill`), and much faster
-    on a real model, whose every call reads all its weights. A `HeavyHitterCache` that is not attached yet is
-    attached to `model` for the run (it needs the queries).
+    on a real model, whose every call reads all its weights. A cache that reads the model's queries
+    (`HeavyHitterCache`, `kvlab.fastgen.FastGenCache`) and is not attached yet is attached to `model` for the run.
     """
     _check_model_tokens(model, tokens)
     prefill = check_int("prefill", prefill, 1, tokens.shape[1])
@@ -110,8 +110,9 @@ def decode_token_by_token(model: Model, tokens: torch.Tensor, cache: Cache, *, p
 
 
 def _queries_for(cache: Cache, model: Model):
-    """A `HeavyHitterCache` needs the model's queries: attach it for the run unless it already is."""
-    if isinstance(cache, HeavyHitterCache) and not cache.attached:
+    """A cache that reads the model's queries (it has `attach` and `attached`: H2O, FastGen) is attached for the
+    run unless it already is."""
+    if getattr(cache, "attached", True) is False:
         return cache.attach(model)
     return contextlib.nullcontext()
 
@@ -192,8 +193,8 @@ def generate_with_memory(model: Model, idx: torch.Tensor, max_new_tokens: int,
                          cache: Cache) -> tuple[torch.Tensor, list[int]]:
     """Greedy generation that records ``cache.nbytes`` after every model call (the prefill, then each decode step).
 
-    Returns the tokens (prompt and new ones, like `kvlab.generate`) and the byte counts. A `HeavyHitterCache` is
-    attached to `model` for the run.
+    Returns the tokens (prompt and new ones, like `kvlab.generate`) and the byte counts. A cache that reads the
+    model's queries (H2O, FastGen) is attached to `model` for the run.
     """
     check_type("cache", cache, Cache, "a kvlab.Cache")
     max_new_tokens = check_int("max_new_tokens", max_new_tokens, 1)

@@ -30,6 +30,7 @@ import kvlab
 from kvlab import memory
 from kvlab.cache import Cache, DynamicCache, StaticCache
 from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
+from kvlab.fastgen import FastGenCache
 from kvlab.measure import CopyCountingCache
 from kvlab.paged_cache import BlockPool, PagedCache
 from kvlab.serving import HeadSplitCache
@@ -92,6 +93,13 @@ REGISTRY: dict[str, Entry] = {
     "heavy-hitter": Entry(HeavyHitterCache, lambda c, B: HeavyHitterCache(BUDGET, n_recent=2),
                           lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
                           kept=lambda T: min(T, BUDGET)),
+    # FastGen: threshold 1 gives every head the full cache (lossless); a policy forced on every head (no profiling)
+    # keeps the first token and a window, as a sink cache does. Profiled, heads hold different counts: test_fastgen.py
+    "fastgen-full": Entry(FastGenCache, lambda c, B: FastGenCache(1.0), full_bytes),
+    "fastgen-local": Entry(FastGenCache, lambda c, B: FastGenCache(policy="special+punct+frequent+local",
+                                                                   window=BUDGET - 1, frequent=0),
+                           lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
+                           kept=lambda T: min(T, BUDGET)),
     "paged": Entry(PagedCache, paged, lambda c, B, T: B * math.ceil(T / BLOCK_SIZE) * full_bytes(c, 1, BLOCK_SIZE)),
     "head-split": Entry(HeadSplitCache, lambda c, B: HeadSplitCache(c, tp=2), full_bytes, configs=("mha", "gqa")),
     "copy-counting": Entry(CopyCountingCache, lambda c, B: CopyCountingCache(DynamicCache()), full_bytes),
