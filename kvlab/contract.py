@@ -203,6 +203,10 @@ def _check_returned(spec, config, config_name, cache, returned, expected, all_k,
                                   f"returned a key {worst:.3g} away {fed}")
     else:
         _check_subsequence(spec, keys, all_k, fed)
+        if spec.lossless and not (torch.equal(keys, all_k) and torch.equal(values, all_v)):  # every row and head
+            raise ContractFailure("update(key, value, layer_idx)", "every key and value fed, in every batch row and "
+                                  "head", f"returned other numbers in some row or head {fed}",
+                                  "store the whole (B, H_kv, T, D) tensors, not one row or head")
 
 
 def _shape_hint(spec: Spec, t: torch.Tensor, shape: tuple[int, ...]) -> str:

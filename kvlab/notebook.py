@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from .checks import check_int, check_number
+from .checks import check_int, check_number, check_type
 
 __all__ = ["show_source", "check_answer", "check_cache", "check_prediction"]
 
@@ -44,12 +44,17 @@ def _line_containing(lines: list[str], text: str, begin: int, obj) -> int:
     return found
 
 
-def check_answer(answer, expected, *, hint: str = "") -> bool:
-    """Print whether an exercise answer is right; None means "not attempted yet" (so a fresh run stays quiet)."""
+def check_answer(answer, expected, *, hint: str = "", also: tuple | list = ()) -> bool:
+    """Print whether an exercise answer is right; None means "not attempted yet" (so a fresh run stays quiet).
+
+    `also` lists other answers that are right too, for a question a careful reader can count two ways (the keys a
+    step reads: the 49 cached, or 50 with its own), so a right reasoning is not marked wrong.
+    """
+    check_type("also", also, (tuple, list), "a tuple or list of other right answers")
     if answer is None:
         print("Not answered yet: replace None with your answer and run the cell again.")
         return False
-    if _same(answer, expected):
+    if any(_same(answer, right) for right in (expected, *also)):
         print(f"Correct: {answer!r}")
         return True
     print(f"Not quite: you said {answer!r}. {hint}".rstrip())
