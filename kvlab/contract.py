@@ -195,7 +195,7 @@ def _check_returned(spec, config, config_name, cache, returned, expected, all_k,
             kept = _positions(keys, all_k)
             raise ContractFailure("update(key, value, layer_idx)", f"the keys {expected[2]} returns: "
                                   f"tokens {_positions(expected[0], all_k)} of the text",
-                                  f"returned tokens {kept} {fed}", "keep the newest tokens and drop the oldest")
+                                  f"returned tokens {kept} {fed}", _which_tokens_hint(expected[2]))
     elif spec.error is not None:
         worst, allowed = (keys - all_k).abs().max().item(), spec.error(all_k)
         if worst > allowed:
@@ -207,6 +207,12 @@ def _check_returned(spec, config, config_name, cache, returned, expected, all_k,
             raise ContractFailure("update(key, value, layer_idx)", "every key and value fed, in every batch row and "
                                   "head", f"returned other numbers in some row or head {fed}",
                                   "store the whole (B, H_kv, T, D) tensors, not one row or head")
+
+
+def _which_tokens_hint(reference: str) -> str:
+    if reference.startswith("SlidingWindowCache"):
+        return "keep the newest tokens and drop the oldest"
+    return f"hold the tokens {reference} holds: compare the two lists of positions"
 
 
 def _shape_hint(spec: Spec, t: torch.Tensor, shape: tuple[int, ...]) -> str:

@@ -79,8 +79,8 @@ def _same(answer, expected) -> bool:
 
 # --- check_cache: a learner's Cache through the contract ---
 
-def check_cache(cache: type | Callable, *, window: int | None = None, configs: tuple[str, ...] = ("mha", "gqa", "mqa"),
-                ) -> bool:
+def check_cache(cache: type | Callable, *, window: int | None = None, like: Callable | None = None,
+                configs: tuple[str, ...] = ("mha", "gqa", "mqa")) -> bool:
     """Run a `Cache` you wrote through kvlab's cache contract; print each check's result and return True if all pass.
 
     `cache` is a `kvlab.Cache` subclass, built with no arguments (``check_cache(MyCache)``), or a function that builds
@@ -88,18 +88,20 @@ def check_cache(cache: type | Callable, *, window: int | None = None, configs: t
     (``check_cache(lambda config, batch_size: kvlab.StaticCache(config, batch_size, 64))``). A fresh cache is built
     for every check.
 
-    Without `window` the cache must be lossless: the model's logits with it equal those without a cache. With
-    ``window=W`` it is a sliding window: a class is built as ``MyCache(W)``, and it must return exactly the keys and
-    values, and give exactly the logits, of kvlab's ``SlidingWindowCache(W)`` (W tokens held between calls).
+    What the cache promises decides what it is compared with:
+    - by default it is lossless: the model's logits with it equal those without a cache;
+    - ``window=W``: a sliding window. A class is built as ``MyCache(W)``, and it must return exactly the keys and
+      values, and give exactly the logits, of kvlab's ``SlidingWindowCache(W)`` (W tokens held between calls);
+    - ``like=lambda: kvlab.compressed_cache.SinkCache(8, n_sink=2)``: any other lossy strategy, compared the same way
+      with the kvlab cache that function builds.
+    `configs` names the attention layouts to run on: "mha", "gqa" (4 query heads share 2 K/V heads), "mqa".
     An ordinary failure prints what was expected, what the cache did and a hint; an exception raised inside your code
     is reported with its message, not raised. Bad arguments to `check_cache` itself raise TypeError or ValueError.
     """
     from . import contract  # torch and the model: loaded when a chapter checks a cache, not on `import kvlab`
 
-    spec = _spec_for(cache, window, configs)
-    label = _label(cache)
-    versus = f", compared with kvlab's SlidingWindowCache({window})" if window is not None else " (lossless)"
-    print(f"Checking {label}{versus}:")
+    spec = _spec_for(cache, window, like, configs)
+    print(f"Checking {_label(cache)}{_versus(spec, window, like)}:")
     for name, check in contract.CHECKS.items():
         try:
             for config_name in configs:
@@ -115,31 +117,48 @@ def check_cache(cache: type | Callable, *, window: int | None = None, configs: t
     return True
 
 
-def _spec_for(cache: object, window: int | None, configs: tuple[str, ...]):
-    """The `contract.Spec` of what the learner's cache promises: lossless, or a sliding window of `window` tokens."""
+def _versus(spec, window: int | None, like: Callable | None) -> str:
+    """What the learner's cache is compared with, for the first line of the report."""
+    if window is None and like is None:
+        return " (lossless)"
+    from . import contract
+
+    return f", compared with kvlab's {contract._describe(spec.reference(contract.CONFIGS['gqa'], contract.BATCH))}"
+
+
+def _spec_for(cache: object, window: int | None, like: Callable | None, configs: tuple[str, ...]):
+    """The `contract.Spec` of what the learner's cache promises: lossless, a sliding window, or like a kvlab cache."""
     from . import contract
     from .cache import Cache
     from .compressed_cache import SlidingWindowCache
 
     if window is not None:
         window = check_int("window", window, 1)
+        if like is not None:
+            raise ValueError("give window= or like=, not both: window=W means like=lambda: SlidingWindowCache(W)")
+        like = lambda: SlidingWindowCache(window)  # noqa: E731 - the reference, as if the learner had written it
     unknown = [c for c in configs if c not in contract.CONFIGS] if isinstance(configs, (tuple, list)) else configs
     if not isinstance(configs, (tuple, list)) or unknown or not configs:
         raise ValueError(f"configs must be a non-empty tuple of {sorted(contract.CONFIGS)}, got {configs!r}")
-    make = _factory(cache, window)
 
-    def built(config, batch_size):
-        made = make(config, batch_size)
-        if not isinstance(made, Cache):
-            raise contract.ContractFailure("building the cache", "an instance of a kvlab.Cache subclass",
-                                           f"got {type(made).__name__}: {made!r}"[:200],
-                                           "the function you pass must return the cache it builds")
-        return made
+    def checked(make: Callable, whose: str) -> Callable:
+        def built(config, batch_size):
+            made = make(config, batch_size)
+            if not isinstance(made, Cache):
+                raise contract.ContractFailure("building the cache", "an instance of a kvlab.Cache subclass",
+                                               f"{whose} returned {type(made).__name__}: {made!r}"[:200],
+                                               "the function you pass must return the cache it builds")
+            return made
+        return built
 
-    if window is None:
-        return contract.Spec(built, configs=tuple(configs))
-    return contract.Spec(built, lossless=False, kept=lambda seen: min(seen, window), configs=tuple(configs),
-                         reference=lambda config, batch_size: SlidingWindowCache(window))
+    make = checked(_factory(cache, window), "your function")
+    if like is None:
+        return contract.Spec(make, configs=tuple(configs))
+    if isinstance(like, Cache) or not callable(like):
+        raise TypeError(f"like must be a function that builds the kvlab cache to compare with, e.g. "
+                        f"like=lambda: SinkCache(8, n_sink=2), got {like!r} ({type(like).__name__})")
+    reference = checked(_factory(like, None), "like")
+    return contract.Spec(make, lossless=False, configs=tuple(configs), reference=reference)
 
 
 def _factory(cache: object, window: int | None) -> Callable:

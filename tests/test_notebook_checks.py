@@ -114,6 +114,17 @@ def test_planted_bugs_fail_with_a_message_that_names_them(capsys, cache, kwargs,
     assert "Traceback" not in out
 
 
+def test_like_compares_with_any_kvlab_cache(capsys):
+    from kvlab.compressed_cache import SinkCache
+
+    ok, out = checked(capsys, lambda: SinkCache(6, n_sink=2), like=lambda: SinkCache(6, n_sink=2), configs=FAST)
+    assert ok, out
+    ok, out = checked(capsys, lambda: Window(6), like=lambda: SinkCache(6, n_sink=2), configs=FAST)
+    assert not ok and "compared with kvlab's SinkCache(window=6, n_sink=2)" in out
+    assert "the keys SinkCache(window=6, n_sink=2) returns: tokens [0, 1, 4, 5, 6, 7, 8]" in out
+    assert "hold the tokens SinkCache(window=6, n_sink=2) holds" in out
+
+
 def test_a_crash_in_the_learners_code_is_reported_not_raised(capsys):
     ok, out = checked(capsys, Crashes, configs=FAST)
     assert ok is False
@@ -128,7 +139,7 @@ def test_the_skeleton_is_reported_as_not_written_yet(capsys):
 
 def test_a_factory_that_returns_no_cache_is_reported(capsys):
     ok, out = checked(capsys, lambda: [], configs=FAST)
-    assert ok is False and "an instance of a kvlab.Cache subclass" in out and "got list" in out
+    assert ok is False and "an instance of a kvlab.Cache subclass" in out and "your function returned list: []" in out
 
 
 @pytest.mark.parametrize(("bad", "error", "match"), [
@@ -144,7 +155,9 @@ def test_check_cache_refuses_what_is_not_a_cache_class_or_factory(bad, error, ma
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [({"window": 0}, ValueError), ({"window": 2.0}, TypeError),
-                                               ({"configs": ("mla",)}, ValueError)])
+                                               ({"configs": ("mla",)}, ValueError),
+                                               ({"window": 4, "like": lambda: SlidingWindowCache(4)}, ValueError),
+                                               ({"like": SlidingWindowCache(4)}, TypeError)])
 def test_check_cache_refuses_bad_settings(kwargs, error):
     with pytest.raises(error):
         check_cache(kvlab.DynamicCache, **kwargs)
