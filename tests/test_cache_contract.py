@@ -1,17 +1,19 @@
 """The contract every `kvlab.Cache` keeps, run over a registry of every cache kvlab ships.
 
-Adding a cache means adding one line to `REGISTRY`: a factory ``(config, batch_size) -> empty cache``, the bytes it
-must hold after T tokens, and, for a lossy cache, what it claims to keep. `test_registry_lists_every_cache_kvlab_ships`
-fails when a concrete `Cache` subclass in the package has no line. Every entry then runs the same behaviours:
+Adding a cache means adding one line to `REGISTRY`: a `kvlab.contract.Spec` with a factory
+``(config, batch_size) -> empty cache``, the bytes it must hold after T tokens, and, for a lossy cache, what it claims
+to keep. `test_registry_lists_every_cache_kvlab_ships` fails when a concrete `Cache` subclass in the package has no
+line. Every entry then runs the checks of `kvlab.contract` (the same ones `kvlab.notebook.check_cache` runs over a
+learner's cache):
 
 - lossless caches give the logits of the model without a cache (prefill, then decode steps; GQA and MQA too);
 - every cache holds what it claims: the bytes of its formula, the tokens of its budget, the newest tokens last and
-  exact, and (quantised) every value within its stated error;
-- `update`, `get_seq_length`, `reorder_cache`, `reset` and `nbytes` agree with each other;
-- misuse raises the same exception, whatever the cache.
+  exact, each value with its key, and (quantised) every value within its stated error;
+- `update`, `get_seq_length`, `reorder_cache`, `reset` and `nbytes` agree with each other.
 
-What only one cache does (which tokens a sink cache keeps, copy-on-write of shared blocks, ...) is tested in the
-cache's own test file.
+This file adds what only kvlab's caches promise: misuse raises the same exception whatever the cache, the record of
+fed tokens follows the cache, and an interrupted update leaves no half-written cache. What only one cache does (which
+tokens a sink cache keeps, copy-on-write of shared blocks, ...) is tested in the cache's own test file.
 """
 
 from __future__ import annotations
@@ -21,29 +23,22 @@ import inspect
 import math
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
 
 import kvlab
-from kvlab import memory
+from kvlab import contract, memory
 from kvlab.cache import Cache, DynamicCache, StaticCache
 from kvlab.compressed_cache import HeavyHitterCache, QuantizedCache, SinkCache, SlidingWindowCache
+from kvlab.contract import BATCH, CONFIGS, Spec, full_bytes, kv, model_for, run, tokens, update
 from kvlab.fastgen import FastGenCache
 from kvlab.measure import CopyCountingCache
 from kvlab.paged_cache import BlockPool, PagedCache
 from kvlab.serving import HeadSplitCache
 
-BATCH = 3
 BLOCK_SIZE = 4
 BUDGET = 6  # the eviction caches' budget: the tests feed more tokens than that, so they do evict
-
-
-def full_bytes(config: kvlab.GPTConfig, batch_size: int, seq_len: int) -> int:
-    """K and V of every token in every layer, fp32: chapter 6's formula."""
-    return memory.kv_cache_bytes(config.n_layer, batch_size, seq_len, config.d_model, 4, n_head=config.n_head,
-                                 n_kv_head=config.n_kv_head)
 
 
 def quantized_bytes(bits: int) -> Callable[[kvlab.GPTConfig, int, int], int]:
@@ -61,55 +56,44 @@ def paged(config: kvlab.GPTConfig, batch_size: int) -> PagedCache:
     return PagedCache(BlockPool(config, n_blocks=2 * batch_size * blocks_per_row, block_size=BLOCK_SIZE))
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One cache in the contract: how to build it, and what it promises to hold."""
-
-    cls: type[Cache]
-    make: Callable[[kvlab.GPTConfig, int], Cache]  # (config, batch_size) -> an empty cache
-    nbytes: Callable[[kvlab.GPTConfig, int, int], int]  # (config, batch_size, tokens seen) -> bytes held
-    lossless: bool = True
-    kept: Callable[[int], int] = lambda seen: seen  # tokens held between calls after `seen` tokens
-    exact_newest: int | None = None  # lossy-by-value caches: how many of the newest tokens stay exact
-    error: Callable[[torch.Tensor], float] | None = None  # lossy-by-value: the largest |returned - fed|
-    configs: tuple[str, ...] = ("mha", "gqa", "mqa")  # the attention layouts it can serve
+def window_bytes(c: kvlab.GPTConfig, B: int, T: int) -> int:
+    return full_bytes(c, B, min(T, BUDGET))
 
 
-REGISTRY: dict[str, Entry] = {
-    "dynamic": Entry(DynamicCache, lambda c, B: DynamicCache(), full_bytes),
-    "static": Entry(StaticCache, lambda c, B: StaticCache(c, B, c.max_seq_len),
-                    lambda c, B, T: full_bytes(c, B, c.max_seq_len)),
-    "quantized-8": Entry(QuantizedCache, lambda c, B: QuantizedCache(8, group_size=4, residual_length=2),
-                         quantized_bytes(8), lossless=False, exact_newest=2, error=quantization_error(8)),
-    "quantized-4": Entry(QuantizedCache, lambda c, B: QuantizedCache(4, group_size=4, residual_length=2),
-                         quantized_bytes(4), lossless=False, exact_newest=2, error=quantization_error(4)),
-    "quantized-2": Entry(QuantizedCache, lambda c, B: QuantizedCache(2, group_size=4, residual_length=2),
-                         quantized_bytes(2), lossless=False, exact_newest=2, error=quantization_error(2)),
-    "sliding-window": Entry(SlidingWindowCache, lambda c, B: SlidingWindowCache(BUDGET),
-                            lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
-                            kept=lambda T: min(T, BUDGET)),
-    "sink": Entry(SinkCache, lambda c, B: SinkCache(BUDGET, n_sink=2), lambda c, B, T: full_bytes(c, B, min(T, BUDGET)),
-                  lossless=False, kept=lambda T: min(T, BUDGET)),
-    "heavy-hitter": Entry(HeavyHitterCache, lambda c, B: HeavyHitterCache(BUDGET, n_recent=2),
-                          lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
-                          kept=lambda T: min(T, BUDGET)),
+def within_budget(seen: int) -> int:
+    return min(seen, BUDGET)
+
+
+REGISTRY: dict[str, Spec] = {
+    "dynamic": Spec(lambda c, B: DynamicCache(), full_bytes),
+    "static": Spec(lambda c, B: StaticCache(c, B, c.max_seq_len), lambda c, B, T: full_bytes(c, B, c.max_seq_len)),
+    "quantized-8": Spec(lambda c, B: QuantizedCache(8, group_size=4, residual_length=2), quantized_bytes(8),
+                        lossless=False, exact_newest=2, error=quantization_error(8)),
+    "quantized-4": Spec(lambda c, B: QuantizedCache(4, group_size=4, residual_length=2), quantized_bytes(4),
+                        lossless=False, exact_newest=2, error=quantization_error(4)),
+    "quantized-2": Spec(lambda c, B: QuantizedCache(2, group_size=4, residual_length=2), quantized_bytes(2),
+                        lossless=False, exact_newest=2, error=quantization_error(2)),
+    "sliding-window": Spec(lambda c, B: SlidingWindowCache(BUDGET), window_bytes, lossless=False, kept=within_budget),
+    "sink": Spec(lambda c, B: SinkCache(BUDGET, n_sink=2), window_bytes, lossless=False, kept=within_budget),
+    "heavy-hitter": Spec(lambda c, B: HeavyHitterCache(BUDGET, n_recent=2), window_bytes, lossless=False,
+                         kept=within_budget),
     # FastGen: threshold 1 gives every head the full cache (lossless); a policy forced on every head (no profiling)
     # keeps the first token and a window, as a sink cache does. Profiled, heads hold different counts: test_fastgen.py
-    "fastgen-full": Entry(FastGenCache, lambda c, B: FastGenCache(1.0), full_bytes),
-    "fastgen-local": Entry(FastGenCache, lambda c, B: FastGenCache(policy="special+punct+frequent+local",
-                                                                   window=BUDGET - 1, frequent=0),
-                           lambda c, B, T: full_bytes(c, B, min(T, BUDGET)), lossless=False,
-                           kept=lambda T: min(T, BUDGET)),
-    "paged": Entry(PagedCache, paged, lambda c, B, T: B * math.ceil(T / BLOCK_SIZE) * full_bytes(c, 1, BLOCK_SIZE)),
-    "head-split": Entry(HeadSplitCache, lambda c, B: HeadSplitCache(c, tp=2), full_bytes, configs=("mha", "gqa")),
-    "copy-counting": Entry(CopyCountingCache, lambda c, B: CopyCountingCache(DynamicCache()), full_bytes),
+    "fastgen-full": Spec(lambda c, B: FastGenCache(1.0), full_bytes),
+    "fastgen-local": Spec(lambda c, B: FastGenCache(policy="special+punct+frequent+local", window=BUDGET - 1,
+                                                     frequent=0), window_bytes, lossless=False, kept=within_budget),
+    "paged": Spec(paged, lambda c, B, T: B * math.ceil(T / BLOCK_SIZE) * full_bytes(c, 1, BLOCK_SIZE)),
+    "head-split": Spec(lambda c, B: HeadSplitCache(c, tp=2), full_bytes, configs=("mha", "gqa")),
+    "copy-counting": Spec(lambda c, B: CopyCountingCache(DynamicCache()), full_bytes),
 }
 
-CONFIGS = {name: kvlab.GPTConfig(vocab_size=37, n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=32, max_seq_len=64)
-           for name, n_kv_head in (("mha", 4), ("gqa", 2), ("mqa", 1))}
-CASES = [pytest.param(name, config, id=f"{name}-{config}") for name, entry in REGISTRY.items()
-         for config in entry.configs]
+CASES = [pytest.param(name, config, id=f"{name}-{config}") for name, spec in REGISTRY.items()
+         for config in spec.configs]
 OPTIONAL_DEPENDENCIES = {"transformers", "matplotlib", "ipywidgets", "IPython"}
+
+
+def registry_class(name: str) -> type[Cache]:
+    return type(REGISTRY[name].make(CONFIGS["gqa"], BATCH))
 
 
 # --- the registry is complete ---
@@ -118,6 +102,8 @@ def shipped_caches() -> set[type[Cache]]:
     """Every concrete `Cache` subclass defined in a kvlab module (modules needing a missing extra are skipped)."""
     found = set()
     for info in pkgutil.walk_packages(kvlab.__path__, "kvlab."):
+        if info.name == "kvlab.exercises":  # a skeleton and a deliberately broken cache: tests/test_notebook_checks.py
+            continue
         try:
             module = importlib.import_module(info.name)
         except ModuleNotFoundError as error:
@@ -129,9 +115,14 @@ def shipped_caches() -> set[type[Cache]]:
     return found
 
 
+# Cache subclasses that are not strategies a model can be handed empty, each with where it is tested instead
+NOT_STRATEGIES = {"RaggedBatch": "one scheduler step's view over its requests' PagedCaches: tests/test_scheduler.py"}
+
+
 def test_registry_lists_every_cache_kvlab_ships():
     shipped = shipped_caches()
-    missing = {cls.__qualname__ for cls in shipped} - {entry.cls.__qualname__ for entry in REGISTRY.values()}
+    missing = ({cls.__qualname__ for cls in shipped} - {registry_class(name).__qualname__ for name in REGISTRY}
+               - set(NOT_STRATEGIES))
     assert not missing, f"add a REGISTRY line for {sorted(missing)}"
     assert {DynamicCache, StaticCache, QuantizedCache, PagedCache, HeadSplitCache, CopyCountingCache} <= shipped
 
@@ -155,137 +146,27 @@ def test_a_cache_without_update_cannot_be_built():
         Cache()
 
 
-# --- driving a cache by hand ---
-
-def model_for(config_name: str, seed: int = 0) -> kvlab.TinyGPT:
-    torch.manual_seed(seed)
-    return kvlab.TinyGPT(CONFIGS[config_name]).eval()
-
-
-def kv(config: kvlab.GPTConfig, n: int, generator: torch.Generator, batch_size: int = BATCH,
-       head_dim: int | None = None, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (batch_size, config.n_kv_head, n, head_dim or config.head_dim)  # (B, H_kv, T, D)
-    return torch.randn(shape, generator=generator).to(dtype), torch.randn(shape, generator=generator).to(dtype)
-
-
-def update(cache: Cache, key: torch.Tensor, value: torch.Tensor, layer_idx, config: kvlab.GPTConfig):
-    """`cache.update`, after handing the queries to a cache that scores tokens by attention (`record_queries`)."""
-    if hasattr(cache, "record_queries"):
-        q = torch.randn(key.shape[0], config.n_head, *key.shape[2:], generator=torch.Generator().manual_seed(9))
-        q = q.to(key.dtype) if key.is_floating_point() else q
-        cache.record_queries(q, layer_idx if type(layer_idx) is int and layer_idx >= 0 else 0)
-    return cache.update(key, value, layer_idx)
-
-
-def run(model: kvlab.TinyGPT, idx: torch.Tensor, cache: Cache) -> torch.Tensor:
-    """`model(idx, cache)`, attached for the call if the cache reads the model's queries."""
-    with torch.inference_mode():
-        if hasattr(cache, "attach"):
-            with cache.attach(model):
-                return model(idx, cache)
-        return model(idx, cache)
-
-
-def decode(model: kvlab.TinyGPT, cache: Cache, prompt: torch.Tensor, steps: list[torch.Tensor]) -> torch.Tensor:
-    """Prefill `prompt`, then feed each (B, 1) token of `steps`; the logits of every step, (B, len(steps), vocab)."""
-    run(model, prompt, cache)
-    return torch.cat([run(model, token, cache) for token in steps], dim=1)
-
-
-def tokens(shape: tuple[int, ...], seed: int) -> torch.Tensor:
-    return torch.randint(37, shape, generator=torch.Generator().manual_seed(seed))
-
-
-# --- lossless caches compute what the model computes without one ---
+# --- the contract's checks, over every cache (kvlab.contract says what each checks) ---
 
 @pytest.mark.parametrize(("name", "config_name"), [case for case in CASES if REGISTRY[case.values[0]].lossless])
 def test_lossless_cache_gives_the_uncached_logits(name, config_name):
-    entry = REGISTRY[name]
-    model, config = model_for(config_name), CONFIGS[config_name]
-    cache = entry.make(config, BATCH)
-    sequence = tokens((BATCH, 5), seed=1)
-    with torch.inference_mode():
-        torch.testing.assert_close(run(model, sequence, cache), model(sequence), atol=1e-5, rtol=1e-5)
-        for _ in range(6):
-            sequence = torch.cat([sequence, model(sequence)[:, -1:].argmax(-1)], dim=1)
-            torch.testing.assert_close(run(model, sequence[:, -1:], cache), model(sequence)[:, -1:], atol=1e-5,
-                                       rtol=1e-5)
-    assert cache.get_seq_length() == sequence.shape[1]
+    contract.check_logits(REGISTRY[name], config_name)
 
-
-# --- every cache holds what it claims, and update / get_seq_length / nbytes agree ---
 
 @pytest.mark.parametrize(("name", "config_name"), CASES)
 def test_update_returns_what_the_cache_claims_to_hold(name, config_name):
-    entry, config = REGISTRY[name], CONFIGS[config_name]
-    cache, generator = entry.make(config, BATCH), torch.Generator().manual_seed(2)
-    fed = [[] for _ in range(config.n_layer)]  # per layer: the keys fed so far
-    seen = 0
-    for n_new in (3, 1, 4, 1, 2, 1, 1):  # prefill, decode steps, and chunks: 13 tokens, more than any budget
-        for layer in range(config.n_layer):
-            key, value = kv(config, n_new, generator)
-            fed[layer].append(key)
-            keys, values = update(cache, key, value, layer, config)
-            assert cache.get_seq_length(layer) == seen + n_new  # tokens seen, whatever is held
-            assert keys.shape == values.shape == (BATCH, config.n_kv_head, entry.kept(seen) + n_new, config.head_dim)
-            all_keys = torch.cat(fed[layer], dim=2)
-            newest = n_new if entry.exact_newest is None else min(n_new, entry.exact_newest)
-            assert torch.equal(keys[:, :, keys.shape[2] - newest:], all_keys[:, :, all_keys.shape[2] - newest:])
-            if entry.error is not None:  # quantised: every token held, each number within the stated error
-                assert (keys - all_keys).abs().max().item() <= entry.error(all_keys)
-            else:  # exact: a subsequence of the text, in order, the new tokens last
-                distance = torch.cdist(keys[0, 0], all_keys[0, 0])  # (held, seen) for batch row 0, head 0
-                assert bool((distance.min(dim=1).values == 0).all())
-                positions = distance.argmin(dim=1)
-                assert bool((positions[1:] > positions[:-1]).all())
-                if entry.lossless:
-                    assert torch.equal(keys, all_keys) and torch.equal(positions, torch.arange(seen + n_new))
-        seen += n_new
-        assert cache.nbytes == entry.nbytes(config, BATCH, seen)
-    assert cache.get_max_cache_shape() in (None, config.max_seq_len, entry.kept(10**6))
+    contract.check_update(REGISTRY[name], config_name)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_reset_forgets_every_token(name):
-    entry, config, model = REGISTRY[name], CONFIGS["gqa"], model_for("gqa")
-    cache = entry.make(config, BATCH)
-    prompt, steps = tokens((BATCH, 8), seed=3), [tokens((BATCH, 1), seed=4 + i) for i in range(3)]
-    first = decode(model, cache, prompt, steps)
-    cache.reset()
-    assert [cache.get_seq_length(layer) for layer in range(config.n_layer)] == [0] * config.n_layer
-    assert cache.nbytes == entry.nbytes(config, BATCH, 0)  # 0, or what is allocated up front
-    torch.testing.assert_close(decode(model, cache, prompt, steps), first, atol=1e-6, rtol=0)  # like a new cache
+    contract.check_reset(REGISTRY[name], "gqa")
 
 
-# --- reorder_cache moves rows, and forgets nothing ---
-
-@pytest.mark.parametrize("beam_idx", [[2, 0, 1], [1, 1, 0]], ids=["permutation", "beams"])
 @pytest.mark.parametrize(("name", "config_name"), [case for case in CASES if case.values[1] != "mqa"])
-def test_reorder_cache_equals_feeding_the_reordered_rows(name, config_name, beam_idx):
-    """After reorder_cache(beam_idx), row i continues row beam_idx[i]: as if that row had been fed there."""
-    entry, config, model = REGISTRY[name], CONFIGS[config_name], model_for(config_name)
-    prompt, steps = tokens((BATCH, 8), seed=5), [tokens((BATCH, 1), seed=6 + i) for i in range(4)]
-    beam_idx = torch.tensor(beam_idx)
-    reordered = entry.make(config, BATCH)
-    run(model, prompt, reordered)
-    reordered.reorder_cache(beam_idx)
-    logits = torch.cat([run(model, token, reordered) for token in steps], dim=1)
-    expected = decode(model, entry.make(config, BATCH), prompt[beam_idx], steps)
-    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    assert reordered.get_seq_length() == 8 + len(steps)
-
-
-@pytest.mark.parametrize("name", list(REGISTRY))
-def test_reorder_then_its_inverse_restores_the_logits(name):
-    entry, config, model = REGISTRY[name], CONFIGS["gqa"], model_for("gqa")
-    prompt, steps = tokens((BATCH, 8), seed=7), [tokens((BATCH, 1), seed=8 + i) for i in range(3)]
-    permutation = torch.tensor([1, 2, 0])
-    cache = entry.make(config, BATCH)
-    run(model, prompt, cache)
-    cache.reorder_cache(permutation)
-    cache.reorder_cache(permutation.argsort())
-    logits = torch.cat([run(model, token, cache) for token in steps], dim=1)
-    torch.testing.assert_close(logits, decode(model, entry.make(config, BATCH), prompt, steps), atol=1e-6, rtol=0)
+def test_reorder_cache_moves_rows_and_forgets_nothing(name, config_name):
+    """After reorder_cache(beam_idx), row i continues row beam_idx[i]; a permutation, then its inverse, is a no-op."""
+    contract.check_reorder(REGISTRY[name], config_name)
 
 
 # --- misuse raises the same errors, whatever the cache ---

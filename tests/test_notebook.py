@@ -62,3 +62,12 @@ def test_check_answer_compares_by_value(answer, expected, capsys):
 def test_check_answer_still_marks_wrong_answers_wrong(answer, expected, capsys):
     assert not check_answer(answer, expected, hint="try again")
     assert capsys.readouterr().out.startswith("Not quite")
+
+
+def test_check_answer_accepts_the_other_right_answers_it_is_given(capsys):
+    assert check_answer(800, 784, also=(800,)) and check_answer(784, 784, also=[800])
+    assert not check_answer(816, 784, also=(800,), hint="Count the keys.")
+    assert capsys.readouterr().out.splitlines() == ["Correct: 800", "Correct: 784", "Not quite: you said 816. Count "
+                                                    "the keys."]
+    with pytest.raises(TypeError, match="also"):
+        check_answer(800, 784, also=800)

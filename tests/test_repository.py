@@ -126,7 +126,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_pytest_runs_the_notebooks_too():
     options = _pyproject()["tool"]["pytest"]["ini_options"]
-    assert options["testpaths"] == ["tests", "notebooks"]
+    assert options["testpaths"] == ["tests", "notebooks", "solutions"]  # the solutions are executed too
     assert "--nbval" in options["addopts"] and "--nbval-current-env" in options["addopts"]
 
 
@@ -169,7 +169,9 @@ def test_no_chapter_is_longer_than_a_sitting(notebook):
     assert words <= MAX_PROSE_WORDS, f"{notebook.name}: {words} words of prose"
 
 
-@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", sorted([*(ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"),
+                                             *(ROOT / "solutions").glob("[0-9][0-9]_*.ipynb")]),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_nbval_markers_are_tags_with_a_reason(notebook):
     """Learners see the course's code, not nbval's comment markers; a cell whose output is not compared says why."""
     for i, cell in enumerate(json.loads(notebook.read_text(encoding="utf-8"))["cells"]):
@@ -179,3 +181,11 @@ def test_nbval_markers_are_tags_with_a_reason(notebook):
         assert "NBVAL_" not in source, f"cell {i}: use the nbval-ignore-output / raises-exception tags"
         if "nbval-ignore-output" in cell["metadata"].get("tags", []):
             assert source.startswith("# "), f"cell {i}: an ignored cell starts with a comment saying why"
+
+
+def test_each_solutions_notebook_answers_a_chapter():
+    """solutions/NN_name.ipynb holds the worked answers of notebooks/NN_name.ipynb, which links to it."""
+    solutions = sorted((ROOT / "solutions").glob("*.ipynb"))
+    assert solutions, "solutions/ holds the worked answers of the code-writing exercises"
+    chapters = {nb.name for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert {nb.name for nb in solutions} <= chapters
