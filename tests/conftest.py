@@ -18,6 +18,16 @@ def _close_figures():
     plt.close("all")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module, restored after: decode steps are many small operations, and on a shared 2-core
+    machine two threads wait on each other (a hundred hello-model steps went from 1 s to 30 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def hello():
     """The shipped hello model and its tokenizer (loaded once: tests only read it)."""

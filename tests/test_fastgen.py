@@ -23,13 +23,7 @@ from kvlab.llama import Llama, LlamaConfig
 PREFILL = 64  # the hello model's texts: a 64-token prompt, then 64 decode steps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: decode steps are many small ops, and on a shared 2-core machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

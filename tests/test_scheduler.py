@@ -18,14 +18,7 @@ from tests.helpers import random_model
 CLOSE = dict(atol=1e-5, rtol=1e-5)  # fp32 logits along different paths differ in the last bits (see test_serving)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The hello model's matrices are tiny: with several threads (on a busy CI core) syncing them costs more than
-    the arithmetic, and a run of a hundred steps went from 1 s to 30 s. One thread here, restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

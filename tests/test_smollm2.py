@@ -30,13 +30,7 @@ needs_weights = pytest.mark.skipif(GGUF is None, reason=f"SmolLM2's weights are 
 TEXT = topics["assignment"]  # English that ships with Python, not written by this project
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread for the 135M-parameter model: on a shared 2-core machine two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one torch thread for this module
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,18 @@ def _rate(value: float, unit: str) -> str:
     return f"{value:.3g} {unit}"
 
 
+def _log_log_ms(ax, xlabel: str, title: str) -> None:
+    """The axes of a time-against-length figure: log2 lengths with plain ticks, log milliseconds, grid, legend."""
+    ax.set_xscale("log", base=2)
+    plain_log2_ticks(ax)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("time (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    legend(ax)
+
+
 def plot_intensity(series, ridges=None, ax=None, title: str | None = None):
     """Arithmetic intensity (FLOP/byte) against the tokens one forward processes, log-log, with ridge points.
 
@@ -95,14 +107,8 @@ def plot_ttft_tpot(prompt_lens, ttft_s, tpot_s, ax=None, title: str | None = Non
     fig, ax = axes(ax)
     for i, (label, ys) in enumerate(series.items()):
         ax.plot(prompt_lens, [y * 1e3 for y in ys], "o-", color=f"C{i}", label=label)
-    ax.set_xscale("log", base=2)
-    plain_log2_ticks(ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("prompt length P (tokens)")
-    ax.set_ylabel("time (ms)")
-    ax.set_title(title or "The first token waits for the whole prompt; later tokens barely notice it")
-    ax.grid(True, which="major", alpha=0.3)
-    legend(ax)
+    _log_log_ms(ax, "prompt length P (tokens)",
+                title or "The first token waits for the whole prompt; later tokens barely notice it")
     return fig
 
 
@@ -198,12 +204,5 @@ def plot_step_time_vs_length(measured, estimated=None, ax=None, title: str | Non
         ax.plot(xs, [y * 1e3 for y in ys], "o-", color=f"C{i}", ms=4, label=label)
     for i, (label, (xs, ys)) in enumerate(estimated.items()):
         ax.plot(xs, [y * 1e3 for y in ys], "--", color=f"C{i}", lw=1.2, label=label)
-    ax.set_xscale("log", base=2)
-    plain_log2_ticks(ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length t")
-    ax.set_ylabel("one forward (ms)")
-    ax.set_title(title or "Time of one step with and without a cache")
-    ax.grid(True, which="major", alpha=0.3)
-    legend(ax)
+    _log_log_ms(ax, "sequence length t (one forward each)", title or "Time of one step with and without a cache")
     return fig
