@@ -31,9 +31,9 @@ def tokens(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 
 
 def run(model: Llama, idx: torch.Tensor, cache=None) -> torch.Tensor:
-    """`model(idx, cache)`, attached for the call if the cache reads the model's queries (H2O)."""
+    """`model(idx, cache)`, attached for the call if the cache reads the model's queries (H2O, FastGen)."""
     with torch.inference_mode():
-        if isinstance(cache, HeavyHitterCache):
+        if hasattr(cache, "attach"):
             with cache.attach(model):
                 return model(idx, cache)
         return model(idx, cache)
