@@ -448,3 +448,27 @@ def test_paging_waste_accepts_numpy_counts_and_rejects_nan():
     assert ax.lines[0].get_ydata()[0] == 5.0  # the contiguous line
     with pytest.raises(ValueError, match=r"paged_bytes\[1\]"):
         plots.plot_paging_waste([1, 2], [1.0, float("nan")], 5)
+
+
+def test_plot_blocks_in_use_draws_one_line_per_run_and_the_pool():
+    ax = plots.plot_blocks_in_use({"static": [2, 3, 3, 0], "continuous": [3, 1, 0]}, pool_blocks=4).axes[0]
+    static, continuous, pool = ax.lines
+    assert list(static.get_xdata()) == [1, 2, 3, 4] and list(static.get_ydata()) == [2, 3, 3, 0]
+    assert list(continuous.get_ydata()) == [3, 1, 0] and list(pool.get_ydata()) == [4, 4]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["static (4 steps)", "continuous (3 steps)",
+                                                                  "pool size (4 blocks)"]
+    assert ax.get_xlabel() == "scheduler step" and ax.get_ylim()[0] == 0
+    assert len(plots.plot_blocks_in_use({"a": np.array([1, 2])}).axes[0].lines) == 1  # no pool line without a pool
+    plt.close("all")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: plots.plot_blocks_in_use({}), ValueError, "series"),
+    (lambda: plots.plot_blocks_in_use([1, 2]), TypeError, "series"),
+    (lambda: plots.plot_blocks_in_use({"a": [1, -1]}), ValueError, "series['a'][1]"),
+    (lambda: plots.plot_blocks_in_use({"a": [1.5]}), TypeError, "series['a'][0]"),
+    (lambda: plots.plot_blocks_in_use({"a": [1]}, pool_blocks=0), ValueError, "pool_blocks"),
+])
+def test_plot_blocks_in_use_bad_input(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()

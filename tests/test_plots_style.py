@@ -31,6 +31,7 @@ _OTHERS = {
     "memory_report": lambda: widgets.draw_memory_calculator(32, 4096, 32, 32, 16, 4096)[1],
     "bytes_per_step": lambda: plots.plot_bytes_per_step({"full": [1024, 2048, 3072], "window": [1024, 2048, 2048]}),
     "paging_waste": lambda: plots.plot_paging_waste([1, 2, 4], [1, 2, 4], 8, [1, 2, 4]),
+    "blocks_in_use": lambda: plots.plot_blocks_in_use({"static": [1, 2, 0], "continuous": [2, 0]}, pool_blocks=3),
 }
 
 

@@ -13,7 +13,7 @@ only, never by ``import kvlab``. Every figure is re-exported here: chapters call
                               one step's time against the length
     memory       chapter 06   the cache against the weights, bytes per K/V head, one GPU's memory report
     compression  chapter 09   quality against budget, bytes held per step, memory against quality
-    serving      chapter 10   the waste of paged and contiguous caches
+    serving      chapter 10   the waste of paged and contiguous caches, blocks in use per scheduler step
     real_model   chapter 11   attention on the first token per layer and head, perplexity past the budget
 """
 
@@ -32,7 +32,7 @@ from .roofline import (
                        plot_step_time_vs_length,
                        plot_ttft_tpot,
 )
-from .serving import plot_paging_waste
+from .serving import plot_blocks_in_use, plot_paging_waste
 
 __all__: list[str] = [
     "plot_positions_per_step", "plot_step_times", "plot_throughput",  # chapter 01
@@ -43,6 +43,6 @@ __all__: list[str] = [
     "plot_step_time_vs_length",
     "plot_cache_vs_weights", "plot_kv_heads", "plot_memory_report",  # chapter 06
     "plot_quality_vs_budget", "plot_bytes_per_step", "plot_memory_vs_quality",  # chapter 09
-    "plot_paging_waste",  # chapter 10
+    "plot_paging_waste", "plot_blocks_in_use",  # chapter 10
     "plot_first_token_attention", "plot_rolling_perplexity",  # chapter 11
 ]

@@ -1,8 +1,9 @@
-"""Chapter 10 · serving many requests: the cache a paged layout reserves but does not use, against the block size."""
+"""Chapter 10 · serving many requests: the cache a paged layout reserves but does not use, against the block size;
+the blocks a scheduler keeps in use, step by step."""
 
 from __future__ import annotations
 
-from ..checks import check_number
+from ..checks import check_int, check_number
 from . import _checks
 from ._style import axes, legend, plain_log2_ticks
 
@@ -36,4 +37,30 @@ def plot_paging_waste(block_sizes, paged_bytes, contiguous_bytes: int, formula_b
     ax.set_title(title or "Paging wastes less than one block per request")
     ax.grid(True, which="major", alpha=0.3)
     legend(ax, loc="center left")
+    return fig
+
+
+def plot_blocks_in_use(series: dict, pool_blocks: int | None = None, ax=None, title: str | None = None):
+    """Blocks of the pool in use after every scheduler step, one line per run (`ScheduleResult.blocks_in_use`).
+
+    Runs of the same requests under different policies take different numbers of steps, so each line has its own
+    length: where a line ends, that run has served every request. `pool_blocks` (optional) draws the pool's size,
+    the ceiling no line can cross; a run that touches it is one that had to preempt.
+    """
+    series = _checks.check_entries("series", series, "{label: [blocks after each step]}")
+    series = {label: _checks.check_values(f"series[{label!r}]", counts, inclusive=True, integer=True)
+              for label, counts in series.items()}
+    if pool_blocks is not None:
+        pool_blocks = check_int("pool_blocks", pool_blocks, 1)
+    fig, ax = axes(ax)
+    for label, counts in series.items():
+        ax.step(range(1, len(counts) + 1), counts, where="post", label=f"{label} ({len(counts)} steps)")
+    if pool_blocks is not None:
+        ax.axhline(pool_blocks, color="0.3", linestyle="--", label=f"pool size ({pool_blocks} blocks)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("scheduler step")
+    ax.set_ylabel("blocks in use")
+    ax.set_title(title or "Blocks in use after every step")
+    ax.grid(True, alpha=0.3)
+    legend(ax)
     return fig
