@@ -12,9 +12,11 @@ from matplotlib.figure import Figure
 
 from kvlab import measure, memory, plots, quality
 from kvlab.attention_trace import cache_step_grid, trace_attention
+from kvlab.fastgen import POLICIES
 from kvlab.flops import positions_processed
 from kvlab.generate import GenerationStats
 from kvlab.memory import GIB
+from kvlab.plots import compression
 from tests.helpers import random_model
 
 
@@ -393,7 +395,28 @@ def test_plots_draw_one_line_or_point_per_strategy():
     assert [t.get_text() for t in fig.axes[0].texts] == ["int8", "int4"]  # empty labels are not drawn
 
 
+def test_policy_grid_colours_each_head_by_its_policy_in_10_pt_text():
+    fig = plots.plot_policy_grid([["special", "full"], ["special+punct+frequent+local", "special+punct"]],
+                                 held=[[1, 128], [59, 20]])
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[0, 4], [3, 1]]  # indices into kvlab.fastgen.POLICIES
+    assert list(compression._POLICY_SHORT) == list(POLICIES)  # the colours follow FastGen's order
+    assert [t.get_text() for t in ax.texts] == ["S\n1 token", "full\n128 tokens", "S+P+F+L\n59 tokens",
+                                                "S+P\n20 tokens"]
+    fig.canvas.draw()
+    labels = [*ax.texts, *ax.get_legend().get_texts(), *ax.get_xticklabels(), *ax.get_yticklabels()]
+    assert min(t.get_fontsize() for t in labels) >= 10
+    assert [t.get_text() for t in plots.plot_policy_grid([["full"]]).axes[0].texts] == ["full"]  # no counts
+    plt.close("all")
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: plots.plot_policy_grid([["local"]]), ValueError, "policies[0][0] must be one of"),
+    (lambda: plots.plot_policy_grid([["full"], ["full", "full"]]), ValueError, "every row as long"),
+    (lambda: plots.plot_policy_grid([]), ValueError, "at least one row"),
+    (lambda: plots.plot_policy_grid(3), TypeError, "policies must be a table"),
+    (lambda: plots.plot_policy_grid([["full"]], held=[[1, 2]]), ValueError, "held must have the shape"),
+    (lambda: plots.plot_policy_grid([["full"]], held=[[-1]]), ValueError, "held[0][0]"),
     (lambda: plots.plot_quality_vs_budget([8], {"a": [_report(1.0)]}, metric="bytes"), ValueError, "metric"),
     (lambda: plots.plot_quality_vs_budget([8, 16], {"a": [_report(1.0)]}), ValueError, "reports_by_label['a']"),
     (lambda: plots.plot_quality_vs_budget([], {}), ValueError, "budgets"),

@@ -1,5 +1,5 @@
 """Chapter 09 · evicting tokens: quality against budget, bytes held per step, memory against quality (eviction
-next to chapter 08's quantised caches)."""
+next to chapter 08's quantised caches), and the policy FastGen chose for each head."""
 
 from __future__ import annotations
 
@@ -125,3 +125,59 @@ def plot_memory_vs_quality(series: dict, ax=None, title: str | None = None):
     ax.set_title(title or "Memory saved against quality lost")
     legend(ax, loc="upper right")
     return fig
+
+
+_POLICY_SHORT = {"special": "S", "special+punct": "S+P", "special+punct+frequent": "S+P+F",
+                 "special+punct+frequent+local": "S+P+F+L", "full": "full"}
+
+
+def plot_policy_grid(policies, held=None, ax=None, title: str | None = None):
+    """FastGen's choice per head (`kvlab.fastgen.FastGenCache.policies`): a coloured (n_layer, n_kv_head) table.
+
+    A colour per policy, from the cheapest (special tokens only) to the full cache, so that a glance shows how many
+    heads could be compressed and how far. Each cell is labelled with the policy's initials (S special, P
+    punctuation, F frequent, L local), and with `held` (the same grid of tokens held, `FastGenCache.held`) its count.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    names = list(_POLICY_SHORT)
+    rows = _grid("policies", policies)
+    for i, row in enumerate(rows):
+        for j, name in enumerate(row):
+            if name not in _POLICY_SHORT:
+                raise ValueError(f"policies[{i}][{j}] must be one of {names}, got {name!r}")
+    counts = None
+    if held is not None:
+        counts = _grid("held", held)
+        if [len(row) for row in counts] != [len(row) for row in rows]:
+            raise ValueError(f"held must have the shape of policies ({len(rows)} x {len(rows[0])})")
+        counts = [_checks.check_values(f"held[{i}]", row, inclusive=True, integer=True) for i, row in enumerate(counts)]
+    colours = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#fd8d3c"]  # blues for compressed, orange for full
+    fig, ax = axes(ax, figsize=(6.4, 2.0 + 0.6 * len(rows)))
+    ax.imshow([[names.index(name) for name in row] for row in rows], cmap=ListedColormap(colours), vmin=-0.5,
+              vmax=len(names) - 0.5, aspect="auto")
+    for i, row in enumerate(rows):
+        for j, name in enumerate(row):
+            label = _POLICY_SHORT[name] + (f"\n{counts[i][j]} token{'s' * (counts[i][j] != 1)}" if counts else "")
+            ax.text(j, i, label, ha="center", va="center", fontsize=TEXT_PT)
+    ax.set_xticks(range(len(rows[0])), [str(j) for j in range(len(rows[0]))])
+    ax.set_yticks(range(len(rows)), [str(i) for i in range(len(rows))])
+    ax.set_xlabel("K/V head")
+    ax.set_ylabel("layer")
+    handles = [Patch(color=colour, label=name if name == "full" else f"{_POLICY_SHORT[name]}: {name}")
+               for name, colour in zip(names, colours)]
+    legend(ax, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax.set_title(title or "The policy FastGen chose for each head")
+    return fig
+
+
+def _grid(name: str, given) -> list[list]:
+    """A non-empty rectangular table (a list of equally long rows), as lists."""
+    try:
+        rows = [list(row) for row in given]
+    except TypeError:
+        raise TypeError(f"{name} must be a table: a list of rows (one per layer), got {type(given).__name__}") from None
+    if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
+        raise ValueError(f"{name} must be a table with at least one row, every row as long as the first, got {given!r}")
+    return rows

@@ -4,11 +4,14 @@ against the committed notebook or recomputed with kvlab.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import kvlab
 from kvlab import quality
 from kvlab.compressed_cache import HeavyHitterCache, SinkCache, SlidingWindowCache
+from kvlab.fastgen import FastGenCache
 from tests.helpers import NOTEBOOKS, assert_printed_above, feed
 
 NOTEBOOK = NOTEBOOKS / "09_evicting_tokens.ipynb"
@@ -39,6 +42,23 @@ CLAIMS = [
     ("43% to 52% of the fp32 bytes", "int4   901,120 B ( 43.0%)"),
     ("12.5% at a budget of 16, but pays 0.15 nats",
      "budget  16:   262,144 B ( 12.5%)  top-1  90.4%  max|Δlogit|  7.9303  CE 0.4445 (+0.1532)"),
+    # section 5, FastGen
+    ("it holds 46.7% of the full cache's bytes and agrees with it on 95.0% of the predictions (+0.0263 nats)",
+     re.compile(r"FastGen T = 0\.95 +979,584 B \( 46\.7%\)  top-1  95\.0% .*\(\+0\.0263\)")),
+    ("a sliding window of 60 tokens holds 46.9% and agrees on 98.4% (+0.0088)",
+     re.compile(r"a window of 60 tokens\nSlidingWindowCache +983,040 B \( 46\.9%\)  top-1  98\.4% .*\(\+0\.0088\)")),
+    ("sinks (+0.0055) and H2O (+0.0073) at the same budget",
+     re.compile(r"at T = 0\.95's bytes, 60 tokens:\nSinkCache .*\(\+0\.0055\)\nHeavyHitterCache .*\(\+0\.0073\)")),
+    ("T = 0.9 saves little more (45.4%) and agrees on only 86.5%",
+     re.compile(r"FastGen T = 0\.9 +952,832 B \( 45\.4%\)  top-1  86\.5%")),
+    ("at T = 0.98, 86 of the 128 heads keep the full cache",
+     re.compile(r"FastGen T = 0\.98 (.*\n){3}  policies of the 128 heads .*'full': 86\}")),
+    ("at T = 0.95, 127 of the 128 heads get S+P+F+L",
+     re.compile(r"FastGen T = 0\.95 (.*\n){3}  policies of the 128 heads .*'special\+punct\+frequent\+local': 127")),
+    ("19 frequent tokens that share", "every head's window and frequent set: 19 and 19 tokens"),
+    ("a window of only 19, where the plain window spends all 60 slots",
+     "window and frequent set: 19 and 19 tokens (30% of the 64-token prompt)\nat T = 0.95's bytes, 60 tokens:"),
+    ("19 frequent tokens (30% of the 64-token prompt)", "window and frequent set: 19 and 19 tokens (30% of the 64"),
 ]
 
 
@@ -79,6 +99,28 @@ def test_sliding_window_example_from_the_exercise(hello):
     assert cache.get_seq_length() == 100 and cache.keys[0].shape[2] == 16
     assert cache.nbytes == 2 * 4 * 1 * 16 * 64 * 4 == 32_768
     assert full.nbytes == 2 * 4 * 1 * 100 * 64 * 4
+
+
+def test_fastgen_defaults_are_the_30_percent_the_chapter_states():
+    """Section 5: 'the window and the frequent set are each 30% of the prompt'."""
+    cache = FastGenCache()
+    assert cache.window == cache.frequent == 0.3
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_fastgen_exercise_head_holds_what_the_hint_counts(hello):
+    """Exercise 3: at T = 0.95 head (0, 0) of the first text holds the first token, every space and newline after it,
+    19 frequent tokens and the window's last 19 positions less the spaces and newlines among them."""
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)[:1]
+    cache = FastGenCache.for_tokenizer(tokenizer, 0.95)
+    quality.decode_token_by_token(model, tokens, cache, prefill=64)
+    text = tokenizer.decode(tokens[0])
+    punct = sum(ch in " \n" for ch in text[1:])
+    in_window = sum(ch in " \n" for ch in text[-19:])
+    assert cache.policies[0][0] == "special+punct+frequent+local"
+    assert cache.window_tokens == cache.frequent_tokens == 19
+    assert cache.held[0][0] == 1 + punct + 19 + (19 - in_window) == 59
 
 
 @pytest.mark.parametrize(("prose", "printed"), CLAIMS)
