@@ -197,7 +197,7 @@ class RequestMetrics:
     @property
     def tpot_steps(self) -> float:
         """Time per output token after the first, in steps (1.0 unless the request was preempted and waited)."""
-        return (self.finish_step - self.first_token_step) / (len(self.tokens) - 1) if len(self.tokens) > 1 else math.nan
+        return self._per_later_token(self.finish_step - self.first_token_step)
 
     @property
     def ttft_s(self) -> float:
@@ -205,7 +205,11 @@ class RequestMetrics:
 
     @property
     def tpot_s(self) -> float:
-        return (self.finish_s - self.first_token_s) / (len(self.tokens) - 1) if len(self.tokens) > 1 else math.nan
+        return self._per_later_token(self.finish_s - self.first_token_s)
+
+    def _per_later_token(self, elapsed: float) -> float:
+        """`elapsed` spread over the tokens after the first (NaN for a one-token answer: no later token)."""
+        return elapsed / (len(self.tokens) - 1) if len(self.tokens) > 1 else math.nan
 
 
 def _percentile(values: list[float], q: float) -> float:

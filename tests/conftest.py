@@ -34,6 +34,16 @@ def hello():
     return kvlab.load_hello_model()
 
 
+@pytest.fixture(scope="module")
+def held_out(hello):
+    """Chapters 08 and 09's text (8 × 128 held-out tokens) and the full cache's run over it, once per module."""
+    from kvlab import quality
+
+    model, tokenizer = hello
+    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
+    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
+
+
 @pytest.fixture(scope="session")
 def counted_steps():
     """Every forward of chapter 04's two 512-token generations, counted by FlopCounterMode (the slow part, once)."""

@@ -18,14 +18,6 @@ def hello_cuda():
     return kvlab.load_hello_model(device="cuda")
 
 
-@pytest.fixture(scope="module")
-def held_out(hello):
-    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
-    model, tokenizer = hello
-    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
-    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
 def test_hello_on_gpu_all_ways(hello_cuda):
     model, tok = hello_cuda
     prompt = tok.encode_batch("h").to("cuda")

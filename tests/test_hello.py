@@ -24,14 +24,6 @@ def _complete(model, tok, prompt, n):
     return tok.decode(kvlab.generate(model, tok.encode_batch(prompt), n)[0])
 
 
-@pytest.fixture(scope="module")
-def held_out(hello):
-    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
-    model, tokenizer = hello
-    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
-    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
 # --- chapter 00: start here ------------------------------------------------------------------------------------------
 
 

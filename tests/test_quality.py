@@ -13,14 +13,6 @@ from kvlab import quality
 from kvlab.corpus import make_corpus
 
 
-@pytest.fixture(scope="module")
-def held_out(hello):
-    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
-    model, tokenizer = hello
-    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
-    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
 def test_full_cache_compared_with_itself_loses_nothing(hello, held_out):
     model, _ = hello
     tokens, full = held_out

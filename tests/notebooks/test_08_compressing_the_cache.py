@@ -16,14 +16,6 @@ from tests.helpers import NOTEBOOKS, assert_printed_above
 NOTEBOOK = NOTEBOOKS / "08_compressing_the_cache.ipynb"
 
 
-@pytest.fixture(scope="module")
-def held_out(hello):
-    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
-    model, tokenizer = hello
-    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
-    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
 CLAIMS = [
     ("2 MiB for 1,024 tokens", "full cache: 2,097,152 bytes = 2.0 MiB"),
     ("2 MiB for 1,024 tokens", "1,024 tokens, 1,016 next-token predictions"),

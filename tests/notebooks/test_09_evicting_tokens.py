@@ -17,14 +17,6 @@ from tests.helpers import NOTEBOOKS, assert_printed_above, feed
 NOTEBOOK = NOTEBOOKS / "09_evicting_tokens.ipynb"
 
 
-@pytest.fixture(scope="module")
-def held_out(hello):
-    """The notebook's text (8 × 128 held-out tokens) and the full cache's run over it, computed once."""
-    model, tokenizer = hello
-    tokens = quality.held_out_tokens(tokenizer, n_sequences=8, seq_len=128)
-    return tokens, quality.decode_token_by_token(model, tokens, kvlab.DynamicCache())
-
-
 POLICIES = {"window": SlidingWindowCache, "sink": lambda w: SinkCache(w, n_sink=4), "h2o": HeavyHitterCache}
 
 
