@@ -49,7 +49,8 @@ class SlidingWindowSkeleton(Cache):
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         # TODO 4: row i of every layer's keys and values becomes row beam_idx[i] (tensor.index_select(0, beam_idx)),
-        #         then call super().reorder_cache(beam_idx), which moves kvlab's record of the fed tokens along.
+        #         then call Cache.reorder_cache(self, beam_idx), which moves kvlab's record of the fed tokens along.
+        #         (Name the base class: in a subclass of this skeleton, super() would find the line below.)
         raise NotImplementedError("reorder_cache: fill in TODO 4")
 
     def reset(self) -> None:

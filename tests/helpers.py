@@ -47,6 +47,19 @@ def assert_printed_above(notebook: Path, prose: str, printed) -> None:
     assert found, f"no code cell above the claim {prose!r} prints {printed!r}"
 
 
+def run_exercise(notebook: Path, blank: str, answer: str, namespace: dict, capsys) -> str:
+    """Run a chapter's exercise cell with the learner's answer filled in; return what the cell printed.
+
+    `blank` is the cell's first line as committed (``my_count = None``); `answer` replaces it (``my_count = 784``).
+    `namespace` holds what the chapter's earlier cells defined, so the cell's own check runs as a learner's would.
+    """
+    cells = [c for c in notebook_cells(notebook) if c["cell_type"] == "code" and "".join(c["source"]).startswith(blank)]
+    assert len(cells) == 1, f"{notebook.name}: {len(cells)} exercise cells start with {blank!r}"
+    capsys.readouterr()
+    exec("".join(cells[0]["source"]).replace(blank, answer, 1), namespace)  # noqa: S102 - the chapter's own code
+    return capsys.readouterr().out
+
+
 # --- chapter 04: the notebook's cost experiment, and its FLOPs by hand ---
 
 CHAPTER_CONFIG = dict(vocab_size=64, n_layer=2, n_head=2, d_model=16, max_seq_len=1024)  # chapter 04's model

@@ -60,6 +60,8 @@ def to_py(notebook: Path) -> str:
 def run(notebook: Path) -> None:
     """Execute top to bottom in a fresh kernel, from the notebook's folder (as nbval and learners do)."""
     nb = nbformat.read(notebook, as_version=4)
+    for position, cell in enumerate(nb.cells):  # cells inserted by hand get ids like the rest
+        cell.id = f"cell-{position:03d}"
     start = time.perf_counter()
     resources = {"metadata": {"path": str(notebook.parent)}}
     NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
