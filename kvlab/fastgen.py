@@ -44,9 +44,11 @@ Like every eviction cache here, the prompt is attended in full during its own ca
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,7 +56,10 @@ from .cache import Cache, _check_beam_idx, _check_fits, _check_layer, _check_new
 from .checks import check_int, check_number, check_one_of, check_tensor
 from .masks import causal_mask
 
-__all__ = ["POLICIES", "TokenSets", "token_sets", "choose_policies", "FastGenCache"]
+__all__ = ["POLICIES", "TokenSets", "token_sets", "choose_policies", "FastGenCache", "compare_with_fixed_policies",
+           "load_recorded_comparison", "SHIPPED_SMOLLM2"]
+
+SHIPPED_SMOLLM2 = Path(__file__).parent / "data" / "smollm2_fastgen.json"  # chapter 09's SmolLM2 comparison
 
 POLICIES = ("special", "special+punct", "special+punct+frequent", "special+punct+frequent+local", "full")
 FULL = len(POLICIES) - 1
@@ -458,3 +463,48 @@ class FastGenCache(Cache):
     def allocated_nbytes(self) -> int:
         """Bytes of the padded K/V tensors this simulation allocates (each layer as wide as its longest head)."""
         return sum(t.nbytes for t in self.keys + self.values)
+
+
+# --- FastGen against one rule for every head, at the same bytes ---
+
+
+def compare_with_fixed_policies(model, tokenizer, tokens: torch.Tensor, prompt: int, threshold: float = 0.95,
+                                n_sink: int = 4) -> dict:
+    """FastGen at `threshold` against a sliding window, sinks and H2O holding as many bytes, as plain JSON values.
+
+    The prompt (`tokens[:, :prompt]`) goes in one call, so FastGen profiles it; every later token is a decode
+    step, and quality is measured on those steps against the full cache. The fixed caches get the tokens FastGen's
+    heads hold on average (its peak bytes / the bytes of one position), so each row costs the same memory. Chapter
+    09 shows this for the hello model live and for SmolLM2 from a recorded run (`tools/record_fastgen.py`): one
+    call serves both, so the recorded numbers are computed exactly as the live ones.
+    """
+    from .cache import DynamicCache  # noqa: PLC0415 - quality and compressed_cache import the model; load on use
+    from .compressed_cache import HeavyHitterCache, SinkCache, SlidingWindowCache  # noqa: PLC0415
+    from .quality import compare_logits, decode_token_by_token  # noqa: PLC0415
+
+    check_tensor("tokens", tokens, dim=2, what="a (batch, seq_len) tensor of token ids")
+    prompt = check_int("prompt", prompt, 2, tokens.shape[1] - 2)
+    full = decode_token_by_token(model, tokens, DynamicCache(), prefill=prompt)
+    position_bytes = full.peak_nbytes // tokens.shape[1]  # one position: K and V, every layer and row
+
+    def row(cache) -> dict:
+        run = decode_token_by_token(model, tokens, cache, prefill=prompt)
+        report = compare_logits(run.logits[:, prompt:], full.logits[:, prompt:], tokens[:, prompt:],
+                                run.peak_nbytes, full.peak_nbytes)
+        return {"nbytes": report.cache_nbytes, "full_nbytes": report.full_nbytes,
+                "top1_agreement": report.top1_agreement, "cross_entropy": report.cross_entropy,
+                "full_cross_entropy": report.full_cross_entropy}
+
+    fastgen = FastGenCache.for_tokenizer(tokenizer, threshold)
+    rows = {f"FastGen T = {fastgen.threshold}": row(fastgen)}
+    budget = round(rows[f"FastGen T = {fastgen.threshold}"]["nbytes"] / position_bytes)
+    rows[f"sliding window ({budget})"] = row(SlidingWindowCache(budget))
+    rows[f"{n_sink} sinks + window ({budget})"] = row(SinkCache(budget, n_sink=n_sink))
+    rows[f"H2O heavy hitters ({budget})"] = row(HeavyHitterCache(budget))
+    return {"rows": rows, "budget": budget, "policies": fastgen.policies, "held": fastgen.held,
+            "window_tokens": fastgen.window_tokens, "frequent_tokens": fastgen.frequent_tokens}
+
+
+def load_recorded_comparison(path: str | Path = SHIPPED_SMOLLM2) -> dict:
+    """A `compare_with_fixed_policies` result saved as JSON (by default SmolLM2's, which chapter 09 shows)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

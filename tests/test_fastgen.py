@@ -17,7 +17,14 @@ import kvlab
 from kvlab import quality
 from kvlab.cache import DynamicCache
 from kvlab.compressed_cache import HeavyHitterCache, SinkCache, SlidingWindowCache
-from kvlab.fastgen import POLICIES, FastGenCache, choose_policies, token_sets
+from kvlab.fastgen import (
+    POLICIES,
+    FastGenCache,
+    choose_policies,
+    compare_with_fixed_policies,
+    load_recorded_comparison,
+    token_sets,
+)
 from kvlab.llama import Llama, LlamaConfig
 
 PREFILL = 64  # the hello model's texts: a 64-token prompt, then 64 decode steps
@@ -335,3 +342,39 @@ def test_smollm2_heads_choose_different_policies_on_the_chapters_text(smol):
     assert [len(row) for row in cache.policies] == [3] * 30
     assert len(counts) >= 2 and counts["full"] < 90  # heads differ, and some are compressed
     assert run.peak_nbytes < full_bytes
+
+
+def test_the_comparison_at_equal_bytes_gives_every_row_fastgens_bytes(hello, texts):
+    """compare_with_fixed_policies: the fixed caches hold FastGen's mean tokens, so each row costs the same bytes."""
+    model, tokenizer = hello
+    record = compare_with_fixed_policies(model, tokenizer, texts[:2, :96], prompt=48, threshold=0.95)
+    rows = record["rows"]
+    assert list(rows) == ["FastGen T = 0.95", f"sliding window ({record['budget']})",
+                          f"4 sinks + window ({record['budget']})", f"H2O heavy hitters ({record['budget']})"]
+    position_bytes = 2 * model.config.n_layer * model.config.d_model * 4 * 2  # K and V, all layers, 2 rows, fp32
+    fastgen_bytes = rows["FastGen T = 0.95"]["nbytes"]
+    for row in rows.values():
+        assert abs(row["nbytes"] - fastgen_bytes) <= position_bytes / 2  # the nearest whole number of tokens
+        assert row["full_nbytes"] == 96 * position_bytes and 0 < row["top1_agreement"] <= 1
+    assert len(record["policies"]) == model.config.n_layer and set(sum(record["policies"], [])) <= set(POLICIES)
+    with pytest.raises(ValueError, match="prompt"):
+        compare_with_fixed_policies(model, tokenizer, texts[:1, :96], prompt=95)
+
+
+def test_the_recorded_smollm2_comparison_is_what_fastgen_computes(smol):
+    """Chapter 09 shows SmolLM2's recorded comparison (minutes on 2 cores). Recompute its FastGen row and the full
+    cache here: the same bytes to the byte, the same predictions within float rounding."""
+    model, tokenizer = smol
+    shipped = load_recorded_comparison()
+    settings = shipped["settings"]
+    ids = tokenizer.encode_batch(topics["execmodel"])[:, :384]
+    assert settings["prompt"] == 256 and settings["text"].endswith("first 384 tokens")
+    full = quality.decode_token_by_token(model, ids, DynamicCache(), prefill=256)
+    cache = FastGenCache.for_tokenizer(tokenizer, settings["threshold"])
+    run = quality.decode_token_by_token(model, ids, cache, prefill=256)
+    report = quality.compare_logits(run.logits[:, 256:], full.logits[:, 256:], ids[:, 256:], run.peak_nbytes,
+                                    full.peak_nbytes)
+    recorded = shipped["rows"][f"FastGen T = {settings['threshold']}"]
+    assert report.cache_nbytes == recorded["nbytes"] and cache.policies == shipped["policies"]
+    assert abs(report.top1_agreement - recorded["top1_agreement"]) <= 0.01
+    assert abs(report.cross_entropy / recorded["cross_entropy"] - 1) < 0.005

@@ -410,6 +410,19 @@ def test_policy_grid_colours_each_head_by_its_policy_in_10_pt_text():
     plt.close("all")
 
 
+def test_a_deep_models_policy_grid_puts_the_layers_across():
+    grid = [["special", "full", "special+punct"]] * 29 + [["full", "full", "special"]]  # SmolLM2: 30 x 3
+    fig = plots.plot_policy_grid(grid, held=[[1, 2, 3]] * 30)
+    ax = fig.axes[0]
+    image = ax.images[0].get_array().tolist()
+    assert len(image) == 3 and len(image[0]) == 30  # heads down, layers across
+    assert image[0][29] == 4 and image[2][29] == 0 and image[0][0] == 0  # layer 29's heads: full, full, special
+    assert ax.get_xlabel() == "layer" and ax.get_ylabel() == "K/V head" and not ax.texts
+    fig.canvas.draw()
+    assert min(t.get_fontsize() for t in [*ax.get_legend().get_texts(), *ax.get_xticklabels()]) >= 10
+    plt.close("all")
+
+
 @pytest.mark.parametrize(("call", "error", "message"), [
     (lambda: plots.plot_policy_grid([["local"]]), ValueError, "policies[0][0] must be one of"),
     (lambda: plots.plot_policy_grid([["full"], ["full", "full"]]), ValueError, "every row as long"),

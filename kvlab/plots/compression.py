@@ -137,6 +137,8 @@ def plot_policy_grid(policies, held=None, ax=None, title: str | None = None):
     A colour per policy, from the cheapest (special tokens only) to the full cache, so that a glance shows how many
     heads could be compressed and how far. Each cell is labelled with the policy's initials (S special, P
     punctuation, F frequent, L local), and with `held` (the same grid of tokens held, `FastGenCache.held`) its count.
+    A deep model (more than 8 layers, SmolLM2 has 30) is drawn with the layers across, so the table stays a page
+    wide; its cells are then coloured, not labelled (30 columns leave no room for 10-pt text).
     """
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
@@ -154,17 +156,20 @@ def plot_policy_grid(policies, held=None, ax=None, title: str | None = None):
             raise ValueError(f"held must have the shape of policies ({len(rows)} x {len(rows[0])})")
         counts = [_checks.check_values(f"held[{i}]", row, inclusive=True, integer=True) for i, row in enumerate(counts)]
     colours = ["#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#fd8d3c"]  # blues for compressed, orange for full
-    fig, ax = axes(ax, figsize=(6.4, 2.0 + 0.6 * len(rows)))
-    ax.imshow([[names.index(name) for name in row] for row in rows], cmap=ListedColormap(colours), vmin=-0.5,
+    across = len(rows) > 8  # layers along x: (n_kv_head, n_layer) on screen
+    shown = [list(column) for column in zip(*rows)] if across else rows
+    size = (9.6, 2.4 + 0.5 * len(shown)) if across else (6.4, 2.0 + 0.6 * len(rows))
+    fig, ax = axes(ax, figsize=size)
+    ax.imshow([[names.index(name) for name in row] for row in shown], cmap=ListedColormap(colours), vmin=-0.5,
               vmax=len(names) - 0.5, aspect="auto")
-    for i, row in enumerate(rows):
+    for i, row in enumerate([] if across else rows):  # too many cells across for 10-pt labels: colours only
         for j, name in enumerate(row):
             label = _POLICY_SHORT[name] + (f"\n{counts[i][j]} token{'s' * (counts[i][j] != 1)}" if counts else "")
             ax.text(j, i, label, ha="center", va="center", fontsize=TEXT_PT)
-    ax.set_xticks(range(len(rows[0])), [str(j) for j in range(len(rows[0]))])
-    ax.set_yticks(range(len(rows)), [str(i) for i in range(len(rows))])
-    ax.set_xlabel("K/V head")
-    ax.set_ylabel("layer")
+    ax.set_xticks(range(len(shown[0])), [str(j) for j in range(len(shown[0]))])
+    ax.set_yticks(range(len(shown)), [str(i) for i in range(len(shown))])
+    ax.set_xlabel("layer" if across else "K/V head")
+    ax.set_ylabel("K/V head" if across else "layer")
     handles = [Patch(color=colour, label=name if name == "full" else f"{_POLICY_SHORT[name]}: {name}")
                for name, colour in zip(names, colours)]
     legend(ax, handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)

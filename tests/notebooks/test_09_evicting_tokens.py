@@ -51,6 +51,14 @@ CLAIMS = [
     ("a window of only 19, where the plain window spends all 60 slots",
      "window and frequent set: 19 and 19 tokens (30% of the 64-token prompt)\nat T = 0.95's bytes, 60 tokens:"),
     ("19 frequent tokens (30% of the 64-token prompt)", "window and frequent set: 19 and 19 tokens (30% of the 64"),
+    # the recorded SmolLM2 comparison (kvlab/data/smollm2_fastgen.json)
+    ("70 of the 90 take S+P+F+L, 19 manage", "{'special+punct+frequent+local': 70, 'special+punct+frequent': 19, "
+                                            "'special': 1}"),
+    ("(81.1% against 55.1%", "FastGen T = 0.95            64.7% of the bytes  top-1  81.1%"),
+    ("(81.1% against 55.1%", "sliding window (248)        64.6% of the bytes  top-1  55.1%"),
+    ("but sinks + window (95.3%)", "4 sinks + window (248)      64.6% of the bytes  top-1  95.3%"),
+    ("and H2O (98.4%) lose much less", "H2O heavy hitters (248)     64.6% of the bytes  top-1  98.4%"),
+    ("142 of the 219 tokens an S+P+F head", "holds 219 tokens after 384: 77 frequent, 142 special and punctuation"),
 ]
 
 
