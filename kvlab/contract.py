@@ -42,6 +42,7 @@ CONFIGS = {name: GPTConfig(vocab_size=37, n_layer=2, n_head=4, n_kv_head=n_kv_he
 LAYOUTS = {"mha": "4 query heads, each with its own K/V head", "gqa": "4 query heads sharing 2 K/V heads",
            "mqa": "4 query heads sharing 1 K/V head"}
 CHUNKS = (3, 1, 4, 1, 2, 1, 1)  # a prefill, decode steps and chunks: 13 tokens, more than a small budget
+LONG_PROMPT = (11, 1, 1)  # a prompt longer than a small budget, then decode steps
 TOLERANCE = 1e-5
 
 
@@ -137,13 +138,26 @@ def _where(config_name: str) -> str:
 # --- check 1: update, get_seq_length and nbytes agree with what the cache claims to hold ---
 
 def check_update(spec: Spec, config_name: str = "gqa") -> None:
-    """Feed random K/V in chunks (3, 1, 4, 1, 2, 1, 1) to every layer; after each call check what `update` returned."""
-    config, generator = CONFIGS[config_name], torch.Generator().manual_seed(2)
+    """Feed random K/V in chunks (3, 1, 4, 1, 2, 1, 1) to every layer; after each call check what `update` returned.
+
+    A cache compared with a reference (a sliding window, sinks...) is fed a second text too, whose first call is
+    longer than a small budget (11 tokens, then decode steps): evicting on the decode path only, and not after a
+    long prompt, is a mistake the short chunks never show.
+    """
+    config = CONFIGS[config_name]
+    _feed(spec, config, config_name, CHUNKS)
+    if spec.reference is not None:
+        _feed(spec, config, config_name, LONG_PROMPT)
+
+
+def _feed(spec: Spec, config: GPTConfig, config_name: str, chunks: tuple[int, ...]) -> None:
+    """One text fed to a fresh cache in `chunks`, every call's result and the bytes held checked as it goes."""
+    generator = torch.Generator().manual_seed(2)
     cache = spec.make(config, BATCH)
     reference = spec.reference(config, BATCH) if spec.reference else None
     fed_k, fed_v = [[] for _ in range(config.n_layer)], [[] for _ in range(config.n_layer)]
     seen = 0
-    for n_new in CHUNKS:
+    for n_new in chunks:
         for layer in range(config.n_layer):
             key, value = kv(config, n_new, generator)
             fed_k[layer].append(key)
@@ -242,7 +256,7 @@ def _check_values_follow_keys(keys, values, all_k, all_v, fed: str) -> None:
     wrong = next(i for i in range(len(positions))
                  if not torch.allclose(values[0, 0, i], all_v[0, 0, positions[i]], atol=TOLERANCE, rtol=0))
     if torch.equal(values[0, 0, wrong], all_k[0, 0, positions[wrong]]):
-        hint = "a key was stored where its value belongs: check which tensor goes into the values"
+        hint = "that value is one of the keys fed: follow what update stores in the values, branch by branch"
     raise ContractFailure("update(key, value, layer_idx)", "each returned value is the value fed with its key",
                           f"returned, for the token at position {positions[wrong]}, a value that is not its own {fed}",
                           hint)
@@ -268,13 +282,22 @@ def _check_nbytes(spec: Spec, config: GPTConfig, cache: Cache, reference: Cache 
         expected = reference.nbytes if reference is not None else spec.nbytes(config, BATCH, seen)
         if got != expected:
             raise ContractFailure("nbytes", f"{expected:,} bytes after {seen} tokens", f"said {got!r}",
-                                  "sum .nbytes over every K and V tensor the cache holds")
+                                  _nbytes_hint(config, reference, got))
         return
     least = full_bytes(config, BATCH, spec.kept(seen))
     if not isinstance(got, int) or got < least:
         raise ContractFailure("nbytes", f"at least {least:,} bytes: the K and V of the {spec.kept(seen)} tokens held "
                               f"after {seen} fed", f"said {got!r}",
                               "sum .nbytes over every K and V tensor the cache holds (a property, an int)")
+
+
+def _nbytes_hint(config: GPTConfig, reference: Cache | None, got: object) -> str:
+    """Wrong bytes usually mean the wrong number of tokens held: say both counts when the bytes tell them."""
+    per_token = full_bytes(config, BATCH, 1)
+    if reference is not None and isinstance(got, int) and got % per_token == 0:
+        return (f"{_describe(reference)} holds {reference.nbytes // per_token} tokens per layer after this call, "
+                f"your cache's bytes are those of {got // per_token}: check how many tokens update keeps")
+    return "sum .nbytes over every K and V tensor the cache holds"
 
 
 # --- check 2: the model computes what it should with the cache ---

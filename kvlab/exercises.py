@@ -21,7 +21,10 @@ __all__ = ["SlidingWindowSkeleton", "BrokenCache"]
 
 
 class SlidingWindowSkeleton(Cache):
-    """Exercise: a cache that holds only the last `window` tokens of each layer. Fill in the TODOs.
+    """Exercise: a cache that holds only the last `window` tokens of each layer. Fill in the four TODOs.
+
+    A sliding window forgets (evicts) the oldest tokens once it holds `window`, so its memory stops growing; what
+    that costs in quality is chapter 9's subject.
 
     Two rules the model relies on (check_cache tests both):
     - `update` returns the tokens held *and* the new ones, the new ones last; only then does it evict down to
@@ -37,10 +40,12 @@ class SlidingWindowSkeleton(Cache):
         self.seen: list[int] = []  # per layer: tokens fed so far
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # TODO 1: a layer's first call appends key, value and key.shape[2] to the lists; later calls concatenate
-        #         along dim 2 (the token axis) and add key.shape[2] to self.seen[layer_idx].
+        # TODO 1: a layer's first call appends key, value and key.shape[2] to self.keys, self.values and
+        #         self.seen; later calls concatenate along dim 2 (the token axis) and add key.shape[2] to
+        #         self.seen[layer_idx].
         # TODO 2: remember what to return (everything held, new tokens included), then keep only the last
-        #         self.window tokens in self.keys[layer_idx] and self.values[layer_idx].
+        #         self.window tokens in self.keys[layer_idx] and self.values[layer_idx], in every call (a prompt
+        #         can be longer than the window).
         raise NotImplementedError("update: fill in TODO 1 and TODO 2")
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -48,10 +53,13 @@ class SlidingWindowSkeleton(Cache):
         raise NotImplementedError("get_seq_length: fill in TODO 3")
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
-        # TODO 4: row i of every layer's keys and values becomes row beam_idx[i] (tensor.index_select(0, beam_idx)),
-        #         then call Cache.reorder_cache(self, beam_idx), which moves kvlab's record of the fed tokens along.
-        #         (Name the base class: in a subclass of this skeleton, super() would find the line below.)
-        raise NotImplementedError("reorder_cache: fill in TODO 4")
+        """Beam search (chapter 3, section 5): each beam's K/V must follow its beam. Written for you."""
+        self.reorder_rows(beam_idx)
+        super().reorder_cache(beam_idx)  # kvlab.Cache moves its record of the fed tokens along
+
+    def reorder_rows(self, beam_idx: torch.Tensor) -> None:
+        # TODO 4: row i of every layer's keys and values becomes row beam_idx[i]: tensor.index_select(0, beam_idx).
+        raise NotImplementedError("reorder_rows: fill in TODO 4")
 
     def reset(self) -> None:
         self.keys, self.values, self.seen = [], [], []

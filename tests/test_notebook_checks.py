@@ -34,7 +34,10 @@ class Window(SlidingWindowSkeleton):
             self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=2)
             self.seen[layer_idx] += key.shape[2]
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        held = slice(None, self.window) if self.bug == "keeps the oldest" else slice(-self.window, None)
+        if self.bug == "evicts on decode only" and self.seen[layer_idx] == key.shape[2]:
+            return keys, values  # the first call (the prompt) keeps everything, however long
+        size = self.window - 1 if self.bug == "keeps one too few" else self.window
+        held = slice(None, size) if self.bug == "keeps the oldest" else slice(-size, None)
         self.keys[layer_idx], self.values[layer_idx] = keys[:, :, held], values[:, :, held]
         return keys, values
 
@@ -43,11 +46,10 @@ class Window(SlidingWindowSkeleton):
             return 0
         return self.keys[layer_idx].shape[2] if self.bug == "counts held tokens" else self.seen[layer_idx]
 
-    def reorder_cache(self, beam_idx):
+    def reorder_rows(self, beam_idx):  # TODO 4: the skeleton's reorder_cache calls this
         if self.bug != "ignores reorder":
             self.keys = [k.index_select(0, beam_idx) for k in self.keys]
             self.values = [v.index_select(0, beam_idx) for v in self.values]
-        kvlab.Cache.reorder_cache(self, beam_idx)  # as TODO 4 says: super() would be the skeleton's, which raises
 
     def reset(self):
         self.keys, self.values = [], []
@@ -92,7 +94,7 @@ def test_caches_that_keep_the_contract_pass(capsys, cache, kwargs):
 # --- bugs fail, with a message that names them ---
 
 @pytest.mark.parametrize(("cache", "kwargs", "message"), [
-    (BrokenCache, {}, ["FAIL  update", "a value that is not its own", "a key was stored where its value belongs"]),
+    (BrokenCache, {}, ["FAIL  update", "a value that is not its own", "that value is one of the keys fed"]),
     (OffByOne, {}, ["get_seq_length(0)", "expected: 3, the number of tokens fed", "returned 2 after feeding 3 tokens",
                     "count every token fed: the model uses it"]),
     (Window, {"window": 4, "bug": "counts held tokens"},
@@ -101,9 +103,14 @@ def test_caches_that_keep_the_contract_pass(capsys, cache, kwargs):
      ["SlidingWindowCache(window=4) returns: tokens [4, 5, 6, 7, 8]", "returned tokens [0, 1, 2, 3, 8]",
       "keep the newest tokens"]),
     (Window, {"window": 4, "bug": "ignores reorder"}, ["FAIL  reorder_cache", "index_select(0, beam_idx)"]),
+    (Window, {"window": 4, "bug": "evicts on decode only"}, ["FAIL  update", "after 11 tokens",
+                                                              "holds 4 tokens per layer", "those of 11"]),
+    (Window, {"window": 4, "bug": "keeps one too few"}, ["FAIL  update", "holds 4 tokens per layer",
+                                                          "those of 3: check how many tokens update keeps"]),
     (Window, {"window": 4, "bug": "keeps the counter"}, ["FAIL  reset", "gave lengths [11, 11]"]),
     (Window, {"window": 4, "bug": "no nbytes"}, ["FAIL  update", "Check failed: nbytes", "said 0"]),
-], ids=["broken-cache", "off-by-one", "counts-held", "keeps-oldest", "no-reorder", "reset-keeps-counter", "no-nbytes"])
+], ids=["broken-cache", "off-by-one", "counts-held", "keeps-oldest", "no-reorder", "decode-only-eviction",
+        "one-too-few", "reset-keeps-counter", "no-nbytes"])
 def test_planted_bugs_fail_with_a_message_that_names_them(capsys, cache, kwargs, message):
     window, bug = kwargs.get("window"), kwargs.get("bug")
     target = cache if bug is None else (lambda: Window(window, bug))

@@ -84,6 +84,8 @@ def test_scheduler_prose_quotes_the_printed_table():
         for run in runs:
             assert_printed_above(NOTEBOOK, prose, _row(run, *ROWS[run]))
     assert_printed_above(NOTEBOOK, "No run changed a token.", "every run gave every request the tokens")
+    assert_printed_above(NOTEBOOK, "its first batch served 2 requests for 27 steps while 9 more queued",
+                         "static's first batch: the 2 requests there at step 0, for 27 steps, while 9 more arrived")
 
 
 def test_scheduler_table_recomputed(hello, one_thread):
