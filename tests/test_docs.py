@@ -145,12 +145,15 @@ def _sizes(p) -> dict:
 
 
 def _twin_checks():
-    """(formula as written on the page, check(preset) -> (twin's value, kvlab's value))."""
+    """(formula as written on the page, check(preset) -> (twin's value, kvlab's value)).
+
+    The twin is the page's formula typed in Python, symbol for symbol, at arbitrary sizes (B, T, s, t, P, N below):
+    the two must agree on every model preset, GQA ones included, so a formula on the page that no longer says what
+    kvlab computes fails here, and one whose text changes fails `cheatsheet_problems`.
+    """
     B, T, s, t, P, N = 3, 37, 2, 29, 11, 17
     DA = flops.decode_step_coefficients
-
-    def sizes(p):
-        return _sizes(p)
+    sizes = _sizes
 
     return [
         (r"\text{positions}_\text{without} = P \cdot N + \frac{N \cdot (N - 1)}{2}",
@@ -159,8 +162,9 @@ def _twin_checks():
          lambda p: (P + N - 1, sum(flops.positions_processed(P, N)))),
         (r"M_\text{KV} = 2 \cdot L \cdot B \cdot T \cdot H_\text{kv} \cdot d \cdot s",
          lambda p: ((lambda z: 2 * z["L"] * B * T * z["Hkv"] * z["d"] * s)(sizes(p)), p.kv_cache_bytes(B, T, s))),
-        (r"H_\text{kv} \cdot d = h",
-         lambda p: (p.n_head * p.head_dim, p.d_model)),
+        (r"M_\text{KV} = 2 \cdot L \cdot B \cdot T \cdot h \cdot s",  # MHA: every preset's shape with H K/V heads
+         lambda p: (2 * p.n_layer * B * T * p.d_model * s,
+                    memory.kv_cache_bytes(p.n_layer, B, T, p.d_model, s, n_head=p.n_head, n_kv_head=p.n_head))),
         (r"m_\text{token} = 2 \cdot L \cdot H_\text{kv} \cdot d \cdot s",
          lambda p: ((lambda z: 2 * z["L"] * z["Hkv"] * z["d"] * s)(sizes(p)), memory.kv_bytes_per_token(p, s))),
         (r"D = 2 \cdot L \cdot \left(h \cdot (h + 2 \cdot H_\text{kv} \cdot d) + 9 \cdot h^2\right) "
