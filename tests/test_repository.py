@@ -45,8 +45,8 @@ def _environment_dependencies() -> tuple[list[str], list[str]]:
 def test_every_pyproject_dependency_is_in_environment_yml():
     project = _pyproject()["project"]
     required = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
-    conda, _ = _environment_dependencies()
-    conda_names = {_requirement_name(entry) for entry in conda}
+    conda, pip = _environment_dependencies()
+    conda_names = {_requirement_name(entry) for entry in conda + pip}  # pip: what conda-forge does not carry
     missing = [r for r in required if CONDA_NAMES.get(_requirement_name(r), _requirement_name(r)) not in conda_names]
     assert not missing, f"environment.yml lacks {missing}"
 
@@ -71,8 +71,9 @@ def _lower_bound(requirement: Requirement) -> Version | None:
 
 
 def test_environment_yml_declares_the_same_versions_as_pyproject():
-    conda, _ = _environment_dependencies()
-    conda_versions = {_requirement_name(entry): SpecifierSet(entry[len(_requirement_name(entry)):]) for entry in conda}
+    conda, pip = _environment_dependencies()
+    conda_versions = {_requirement_name(entry): SpecifierSet(entry[len(_requirement_name(entry)):])
+                      for entry in conda + [p for p in pip if not p.startswith("-")]}
     differing = []
     for requirement in _pyproject_requirements():
         conda_name = CONDA_NAMES.get(requirement.name, requirement.name)
@@ -189,3 +190,13 @@ def test_each_solutions_notebook_answers_a_chapter():
     assert solutions, "solutions/ holds the worked answers of the code-writing exercises"
     chapters = {nb.name for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     assert {nb.name for nb in solutions} <= chapters
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_every_chapter_ends_with_a_link_to_the_next(notebook):
+    """A learner finishing a chapter finds the next one in its last cell; the last chapter leads back to the start."""
+    chapters = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    last = "".join(json.loads(notebook.read_text(encoding="utf-8"))["cells"][-1]["source"])
+    following = chapters.index(notebook) + 1
+    target = chapters[following].name if following < len(chapters) else chapters[0].name
+    assert f"]({target})" in last, f"{notebook.name}'s last cell does not link {target}"

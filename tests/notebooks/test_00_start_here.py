@@ -18,8 +18,9 @@ def _prose() -> str:
 def test_the_chapter_table_lists_every_chapter_that_exists():
     prose = _prose()
     chapters = sorted(p.name[:2] for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    listed = re.findall(r"\| (\d\d) · ", prose)
-    assert listed == chapters[1:]  # every chapter after this one, in order
+    listed = re.findall(r"\| \[(\d\d) · [^]]+\]\((\d\d_\w+\.ipynb)\) \|", prose)
+    assert [number for number, _ in listed] == chapters[1:]  # every chapter after this one, in order
+    assert all(target.startswith(number) and (NOTEBOOKS / target).exists() for number, target in listed)  # linked
     assert f"These {WORDS[len(chapters)]} chapters, {chapters[0]} to {chapters[-1]}, are the whole course" in prose
     assert "Chapters are added as the course grows" not in prose
 
@@ -38,6 +39,14 @@ def test_the_gap_does_not_simply_grow_with_the_model():
 def test_the_chapter_table_gives_each_chapters_reading_minutes():
     from tests.helpers import chapter_minutes
 
-    rows = dict(re.findall(r"\| (\d\d) · [^|]*\|[^|]*\| (\d+) \|", _prose()))
+    rows = dict(re.findall(r"\| \[(\d\d) · [^|]*\|[^|]*\| (\d+) \|", _prose()))
     assert rows == {nb.name[:2]: str(chapter_minutes(nb)) for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
                     if nb.name[:2] != "00"}
+
+
+def test_chapter_00_links_the_readme_and_the_course_pages():
+    prose = _prose()
+    for target in ("../README.md", "../docs/glossary.md", "../docs/cheatsheet.md", "../docs/instructor.md",
+                   "../solutions/"):
+        assert f"]({target})" in prose, target
+        assert (NOTEBOOKS / target).exists(), target
