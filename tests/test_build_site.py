@@ -148,3 +148,8 @@ def test_the_manifest_check_finds_a_changed_a_missing_and_an_unlisted_file(tmp_p
     (assets / "extra.js").write_text("")
     assert sorted(vendor.check(assets)) == ["extra.js: not in the manifest", "mathjax/LICENSE: missing",
                                             "reveal.js/dist/reveal.css: sha256 differs from the manifest"]
+
+
+def test_the_readme_gives_the_assets_size_from_the_manifest():
+    total = json.loads(vendor.MANIFEST.read_text(encoding="utf-8"))["total_bytes"]
+    assert f"`tools/site_assets/` ({total / 1e6:.1f} MB" in (ROOT / "README.md").read_text(encoding="utf-8")
