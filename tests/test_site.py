@@ -9,14 +9,18 @@ chapters in DIR instead of notebooks/ (for example copies executed with their wi
 chapters 02 and 06 (page and deck) go to a temporary folder whose path the test prints (`pytest -s` shows it).
 """
 
+import functools
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -50,6 +54,7 @@ SUMMARY_JS = """() => ({
   prev: (document.querySelector('a.kvlab-prev') || {}).href || null,
   next: (document.querySelector('a.kvlab-next') || {}).href || null,
   chapter: (document.querySelector('a.kvlab-chapter') || {}).href || null,
+  links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
 })"""
 
 
@@ -102,6 +107,7 @@ def _open(browser, url: str):
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("requestfailed", lambda request: errors.append(f"failed to load {request.url}"))
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort())  # no network
     page.goto(url, wait_until="load")
     page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise")
     page.evaluate("MathJax.startup.promise")
@@ -223,3 +229,35 @@ def test_every_code_cell_has_a_copy_button_that_copies(visits, browser, site):
 def test_the_right_arrow_advances_every_deck(visits):
     stuck = [name for name, summary in _pages(visits, "slides/").items() if summary["after"] == summary["before"]]
     assert not stuck
+
+
+def test_every_link_reaches_a_page_of_the_site(visits, site):
+    """No link is left pointing at a notebook or a markdown file, or at a file the site lacks."""
+    broken = {}
+    for name, summary in visits.items():
+        for link in summary["links"]:
+            url = urlsplit(link)
+            if url.scheme == "file" and not Path(unquote(url.path)).exists() or url.path.endswith((".ipynb", ".md")):
+                broken.setdefault(name, []).append(link)
+    assert not broken
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        """No line per request in the test's output."""
+
+
+def test_the_site_works_over_http_too(browser, site):
+    """`python -m http.server` serves the same files: chapter 02's page and deck load clean with their maths."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for name in (next(site.glob("notebooks/02_*.html")), next(site.glob("slides/02_*.html"))):
+            page, errors = _open(browser, f"{base}/{name.relative_to(site).as_posix()}")
+            assert page.evaluate("document.querySelectorAll('mjx-container').length") > 50
+            assert not errors, name
+            page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
