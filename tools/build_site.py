@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import posixpath
 import re
@@ -178,12 +179,18 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+@functools.cache
+def _exporter(kind: type, template: str, **options: str):
+    """One exporter per template, made once: each new one compiles its templates again (a third of the build)."""
+    return kind(template_name=template, extra_template_basedirs=[str(TEMPLATES)], exclude_input_prompt=True,
+                exclude_output_prompt=True, **options)
+
+
 def render_page(nb: nbformat.NotebookNode, page: Page, nav: str, site_paths: dict[str, str], out: Path) -> None:
     """One HTML page in JupyterLab's look (tools/site_templates/kvlab_page), written to out/page.site_path."""
     nb = drop_stateless_widget_views(copy.deepcopy(nb))
     nb.metadata["title"] = page.title
-    exporter = HTMLExporter(template_name="kvlab_page", extra_template_basedirs=[str(TEMPLATES)],
-                            exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+    exporter = _exporter(HTMLExporter, "kvlab_page")
     tail = widgets_html(nb, page.site_path) + f'<script src="{relative("assets/site.js", page.site_path)}"></script>'
     kvlab = {"head": head_html(page.site_path), "nav": nav, "tail": tail}
     html, _ = exporter.from_notebook_node(nb, resources={"kvlab": kvlab, "metadata": {"name": page.title}})
@@ -197,9 +204,7 @@ def render_deck(nb: nbformat.NotebookNode, chapter: Page, site_paths: dict[str, 
     nb = add_default_slides(drop_stateless_widget_views(copy.deepcopy(nb)))
     nb.metadata["title"] = chapter.title
     reveal = relative("assets/reveal.js", deck.site_path)
-    exporter = SlidesExporter(template_name="kvlab_deck", extra_template_basedirs=[str(TEMPLATES)],
-                              reveal_url_prefix=reveal, reveal_theme="white",
-                              exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+    exporter = _exporter(SlidesExporter, "kvlab_deck", reveal_url_prefix=reveal, reveal_theme="white")
     page_link = relative(chapter.site_path, deck.site_path)
     tail = (f'<a class="kvlab-deck-home" href="{page_link}">the chapter as a page</a>\n'
             f'<script src="{reveal}/dist/reveal.js"></script>\n<script src="{reveal}/plugin/notes/notes.js"></script>\n'
