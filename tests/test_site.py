@@ -131,10 +131,15 @@ def visits(browser, site):
             summary["after"] = page.evaluate("Reveal.getIndices()")
         if name.split("/")[-1][:2] in SCREENSHOTS and name.startswith(("notebooks/", "slides/")):
             page.wait_for_timeout(600)  # the slide transition
-            page.screenshot(path=str(shots / name.replace("/", "_").replace(".html", ".png")))
+            stem = name.replace("/", "_").removesuffix(".html")
+            page.screenshot(path=str(shots / f"{stem}.png"))
+            control = page.locator(".jupyter-widgets .widget-slider, .jupyter-widgets select").first
+            if name.startswith("notebooks/") and control.count():
+                control.scroll_into_view_if_needed()
+                page.screenshot(path=str(shots / f"{stem}_widget.png"))
         found[name] = summary
         page.close()
-    print(f"\nscreenshots of chapters {', '.join(SCREENSHOTS)} (page and deck, one arrow press in): {shots}")
+    print(f"\nscreenshots of chapters {', '.join(SCREENSHOTS)} (page, first widget, deck one slide in): {shots}")
     return found
 
 
