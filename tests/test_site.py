@@ -68,14 +68,29 @@ def _missing_browser() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, headless (Playwright's own browser download cannot work offline)."""
+def _skip_or_fail_without_a_browser() -> None:
+    """Skip, saying what to install, where the browser is missing; fail instead where CI requires the browser."""
     reason = _missing_browser()
     if reason:
         if os.environ.get("KVLAB_REQUIRE_BROWSER") == "1":
             pytest.fail(f"KVLAB_REQUIRE_BROWSER=1 but {reason}")
         pytest.skip(reason)
+
+
+def test_a_missing_browser_skips_unless_ci_requires_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("KVLAB_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        _skip_or_fail_without_a_browser()
+    monkeypatch.setenv("KVLAB_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="KVLAB_REQUIRE_BROWSER=1 but .* is missing"):
+        _skip_or_fail_without_a_browser()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless (Playwright's own browser download cannot work offline)."""
+    _skip_or_fail_without_a_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

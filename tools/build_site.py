@@ -156,6 +156,7 @@ def head_html(page: str, deck: bool = False) -> str:
     if deck:
         return html + ("<style>.reveal .slides section { height: 100%; overflow-y: auto; }\n"
                        ":root { --jp-code-font-size: 15px; }\n"
+                       ".jupyter-widgets { font-family: var(--jp-ui-font-family, sans-serif); }\n"
                        ".kvlab-deck-home { position: fixed; left: 12px; bottom: 10px; z-index: 40; "
                        "font: 14px sans-serif; }</style>\n")
     return html + f'<link rel="stylesheet" href="{relative("assets/site.css", page)}">\n'
