@@ -209,7 +209,7 @@ def render_deck(nb: nbformat.NotebookNode, chapter: Page, site_paths: dict[str, 
     page_link = relative(chapter.site_path, deck.site_path)
     tail = (f'<a class="kvlab-deck-home" href="{page_link}">the chapter as a page</a>\n'
             f'<script src="{reveal}/dist/reveal.js"></script>\n<script src="{reveal}/plugin/notes/notes.js"></script>\n'
-            "<script>Reveal.initialize({hash: true, center: false, width: 1100, height: 800, "
+            "<script>Reveal.initialize({hash: true, center: false, width: 1100, height: 800, navigationMode: 'linear', "
             "plugins: [RevealNotes]});</script>\n" + widgets_html(nb, deck.site_path))
     kvlab = {"head": head_html(deck.site_path, deck=True), "tail": tail}
     html, _ = exporter.from_notebook_node(nb, resources={"kvlab": kvlab, "metadata": {"name": chapter.title}})
@@ -271,6 +271,8 @@ def build(out: Path, notebooks: Path) -> dict[str, int]:
     for name in ("site.css", "site.js"):
         shutil.copyfile(TEMPLATES / name, out / "assets" / name)
     home = ("kvlab-home", "index.html", "kvlab: the course")
+    handy = [("kvlab-doc", page.site_path, Path(page.repo_path).stem) for page in documents
+             if page.repo_path in ("docs/glossary.md", "docs/cheatsheet.md")]  # at hand on every chapter's page
     solution_of = {Path(s.repo_path).name: s for s in solutions}
     decks = {}
     for i, page in enumerate(chapters):
@@ -282,6 +284,7 @@ def build(out: Path, notebooks: Path) -> dict[str, int]:
         links.append(("kvlab-slides", decks[page.site_path], "slides"))
         if Path(page.repo_path).name in solution_of:
             links.append(("kvlab-solutions", solution_of[Path(page.repo_path).name].site_path, "solutions"))
+        links += handy
         if i + 1 < len(chapters):
             links.append(("kvlab-next", chapters[i + 1].site_path, f"{_escape(chapters[i + 1].title)} →"))
         render_page(nb, page, nav_html(page.site_path, links), site_paths, out)
