@@ -31,9 +31,8 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = 'pip install -e ".[test]" (Playwright for Python) and apt-get install -y chromium (Debian\'s browser)'
 WIDGET_CHAPTERS = ("02", "04", "06")  # the chapters whose widgets must show as controls on the site
-# The lead turns this on once the committed chapters carry their widget state (issue 17, deliverable 2); until then a
-# chapter without state is skipped with a message, not failed.
-REQUIRE_WIDGET_STATE = False
+# The committed chapters carry their widget state (tools/nb.py run stores it): a chapter without it fails.
+REQUIRE_WIDGET_STATE = True
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 RAW_MATHS = re.compile(r"\\(frac|sqrt|mathrm|cdot|sum)\b|\$[^$\s][^$\n]*\$")
 SCREENSHOTS = ("02", "06")
