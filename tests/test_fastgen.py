@@ -362,19 +362,19 @@ def test_the_comparison_at_equal_bytes_gives_every_row_fastgens_bytes(hello, tex
 
 
 def test_the_recorded_smollm2_comparison_is_what_fastgen_computes(smol):
-    """Chapter 09 shows SmolLM2's recorded comparison (minutes on 2 cores). Recompute its FastGen row and the full
-    cache here: the same bytes to the byte, the same predictions within float rounding."""
+    """Chapter 09 shows SmolLM2's recorded comparison (minutes on 2 cores). Recompute its FastGen row here: the same
+    policies and bytes, and the same cross-entropy on the decode steps within float rounding. (The full cache's
+    run, which agreement needs, is left out: it would double the time, and the cross-entropy already pins the
+    logits down.)"""
     model, tokenizer = smol
     shipped = load_recorded_comparison()
     settings = shipped["settings"]
     ids = tokenizer.encode_batch(topics["execmodel"])[:, :384]
     assert settings["prompt"] == 256 and settings["text"].endswith("first 384 tokens")
-    full = quality.decode_token_by_token(model, ids, DynamicCache(), prefill=256)
     cache = FastGenCache.for_tokenizer(tokenizer, settings["threshold"])
     run = quality.decode_token_by_token(model, ids, cache, prefill=256)
-    report = quality.compare_logits(run.logits[:, 256:], full.logits[:, 256:], ids[:, 256:], run.peak_nbytes,
-                                    full.peak_nbytes)
+    logits, targets = run.logits[0, 256:-1].float(), ids[0, 257:]
+    cross_entropy = torch.nn.functional.cross_entropy(logits, targets).item()
     recorded = shipped["rows"][f"FastGen T = {settings['threshold']}"]
-    assert report.cache_nbytes == recorded["nbytes"] and cache.policies == shipped["policies"]
-    assert abs(report.top1_agreement - recorded["top1_agreement"]) <= 0.01
-    assert abs(report.cross_entropy / recorded["cross_entropy"] - 1) < 0.005
+    assert run.peak_nbytes == recorded["nbytes"] and cache.policies == shipped["policies"]
+    assert abs(cross_entropy / recorded["cross_entropy"] - 1) < 0.005
