@@ -153,3 +153,10 @@ def test_the_manifest_check_finds_a_changed_a_missing_and_an_unlisted_file(tmp_p
 def test_the_readme_gives_the_assets_size_from_the_manifest():
     total = json.loads(vendor.MANIFEST.read_text(encoding="utf-8"))["total_bytes"]
     assert f"`tools/site_assets/` ({total / 1e6:.1f} MB" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_page_without_a_top_heading_takes_its_first_heading_as_title():
+    """benchmarks/README.md starts at `##`: its index entry must not read "README" next to the course's README."""
+    assert build_site.markdown_title("## Performance\n\nEvery speed claim", "README") == "Performance"
+    assert build_site.markdown_title("# kvlab\n\n## Two commands", "x") == "kvlab"
+    assert build_site.markdown_title("no heading", "fallback") == "fallback"

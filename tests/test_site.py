@@ -49,6 +49,7 @@ SUMMARY_JS = """() => ({
   sliders: document.querySelectorAll('.widget-slider, input[type=range]').length,
   dropdowns: document.querySelectorAll('.jupyter-widgets select').length,
   copyButtons: document.querySelectorAll('button.kvlab-copy').length,
+  widgetNotes: document.querySelectorAll('p.kvlab-widget-note').length,
   codeCells: document.querySelectorAll('.jp-CodeCell .jp-InputArea-editor').length,
   prev: (document.querySelector('a.kvlab-prev') || {}).href || null,
   next: (document.querySelector('a.kvlab-next') || {}).href || null,
@@ -210,6 +211,7 @@ def test_saved_widgets_show_as_controls(visits, number):
             assert visits[name]["sliders"] > 0, f"{name}: no slider drawn"
         if "DropdownModel" in models:
             assert visits[name]["dropdowns"] > 0, f"{name}: no dropdown drawn"
+    assert visits[f"notebooks/{stem}.html"]["widgetNotes"] > 0, "the page does not say its widgets are saved state"
 
 
 def test_previous_and_next_links_reach_the_neighbouring_chapters(visits, site):

@@ -89,8 +89,8 @@ def rewrite_links(html: str, page: Page, site_paths: dict[str, str], out: Path |
 
 
 def markdown_title(text: str, fallback: str) -> str:
-    """The first `# ` heading of a markdown text, without its markdown, or `fallback`."""
-    heading = re.search(r"^# (.+)$", text, re.MULTILINE)
+    """The first heading of a markdown text (`# ` first, else any level), without its markdown, or `fallback`."""
+    heading = re.search(r"^# (.+)$", text, re.MULTILINE) or re.search(r"^#+ (.+)$", text, re.MULTILINE)
     return re.sub(r"[`*_]", "", heading.group(1)).strip() if heading else fallback
 
 

@@ -49,4 +49,14 @@
   }
 
   document.querySelectorAll(".jp-CodeCell .jp-InputArea-editor").forEach(addButton);
+
+  // A widget on this page is drawn from the state saved when the chapter ran: say so, since its controls move but
+  // nothing recomputes without a kernel.
+  document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').forEach(function (view) {
+    var note = document.createElement("p");
+    note.className = "kvlab-widget-note";
+    note.textContent = "A saved widget: it shows the state the chapter was run with. To use it, run the chapter " +
+      "in Jupyter.";
+    view.parentNode.insertBefore(note, view);
+  });
 })();
