@@ -200,3 +200,11 @@ def test_every_chapter_ends_with_a_link_to_the_next(notebook):
     following = chapters.index(notebook) + 1
     target = chapters[following].name if following < len(chapters) else chapters[0].name
     assert f"]({target})" in last, f"{notebook.name}'s last cell does not link {target}"
+
+
+def test_the_course_command_serves_the_whole_repository():
+    """`jupyter lab notebooks/00_start_here.ipynb` alone serves notebooks/ only, and chapter 00's links to
+    ../README.md, ../docs/ and ../solutions/ would lead nowhere in Lab."""
+    readme_commands = re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+    course = next(c for c in readme_commands if c.rstrip().endswith("00_start_here.ipynb"))
+    assert "jupyter lab --ServerApp.root_dir=. notebooks/00_start_here.ipynb" in course
