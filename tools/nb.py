@@ -59,11 +59,16 @@ def to_py(notebook: Path) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _number_cells(nb) -> None:
+    """Ids from each cell's position, so cells inserted or split by hand get ids like the rest."""
+    for position, cell in enumerate(nb.cells):
+        cell.id = f"cell-{position:03d}"
+
+
 def run(notebook: Path) -> None:
     """Execute top to bottom in a fresh kernel, from the notebook's folder (as nbval and learners do)."""
     nb = nbformat.read(notebook, as_version=4)
-    for position, cell in enumerate(nb.cells):  # cells inserted by hand get ids like the rest
-        cell.id = f"cell-{position:03d}"
+    _number_cells(nb)
     start = time.perf_counter()
     resources = {"metadata": {"path": str(notebook.parent)}}
     # the widgets' state is stored, so GitHub, nbviewer and the course website draw each widget as it was left
@@ -130,8 +135,8 @@ def slides(notebook: Path) -> None:
     """Write `metadata.slideshow.slide_type` into every cell (read by RISE and by nbconvert's reveal.js decks)."""
     nb = nbformat.read(notebook, as_version=4)
     nb.cells = _split_at_headings(nb.cells)
-    for position, (cell, kind) in enumerate(zip(nb.cells, slide_types(nb.cells))):
-        cell.id = f"cell-{position:03d}"
+    _number_cells(nb)
+    for cell, kind in zip(nb.cells, slide_types(nb.cells)):
         cell.metadata["slideshow"] = {"slide_type": kind}
     nbformat.write(nb, notebook)
     kinds = [c.metadata["slideshow"]["slide_type"] for c in nb.cells]
